@@ -1,0 +1,7 @@
+"""Allow `python -m aggregator --config FILE`."""
+
+import sys
+
+from aggregator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""Validated announce requests, parsed from the raw query string (BEP 3, BEP 23, BEP 7)."""
+
+import enum
+from dataclasses import dataclass
+
+from aggregator.errors import RequestError
+from aggregator.query import parse_query
+
+ID_BYTES = 20
+MAX_KEY_BYTES = 64
+# 2**64 - 1 has 20 digits; some clients send larger `left` values for magnets, so allow a margin.
+MAX_COUNTER_DIGITS = 30
+
+
+class Event(enum.Enum):
+    """The `event` of an announce; NONE is a regular periodic announce."""
+
+    NONE = ""
+    STARTED = "started"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    PAUSED = "paused"  # BEP 21: a partial seed that stopped downloading; counted like NONE
+
+
+_EVENTS = {event.value.encode(): event for event in Event}
+_EVENTS[b"empty"] = Event.NONE  # BEP 3 names the regular announce "empty"
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceLimits:
+    """Bounds from the settings that parsing applies."""
+
+    default_numwant: int
+    max_numwant: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceRequest:
+    """One client announce whose fields passed validation."""
+
+    info_hash: bytes
+    peer_id: bytes
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int | None  # None when the client sent no `left`; such a peer counts as a leecher
+    event: Event
+    numwant: int  # already clamped to 0..max_numwant
+    compact: bool
+    no_peer_id: bool
+    key: bytes | None
+
+    @property
+    def is_seeder(self) -> bool:
+        return self.left == 0
+
+
+def parse_announce(raw_query: str, limits: AnnounceLimits) -> AnnounceRequest:
+    """Parse and validate an announce query; raise RequestError naming the first bad parameter."""
+    fields: dict[str, bytes] = {}
+    for name, value in parse_query(raw_query):
+        fields.setdefault(name, value)  # the first occurrence wins, as in most trackers
+
+    numwant = _parse_numwant(fields.get("numwant"), limits)
+
+    return AnnounceRequest(
+        info_hash=_parse_id(fields, "info_hash"),
+        peer_id=_parse_id(fields, "peer_id"),
+        port=_parse_port(fields.get("port")),
+        uploaded=_parse_counter(fields, "uploaded") or 0,
+        downloaded=_parse_counter(fields, "downloaded") or 0,
+        left=_parse_counter(fields, "left"),
+        event=_parse_event(fields.get("event")),
+        numwant=numwant,
+        compact=fields.get("compact", b"1") != b"0",
+        no_peer_id=fields.get("no_peer_id", b"0") == b"1",
+        key=_parse_key(fields.get("key")),
+    )
+
+
+def _parse_id(fields: dict[str, bytes], name: str) -> bytes:
+    value = fields.get(name)
+    if value is None:
+        raise RequestError(name, "missing, expected 20 bytes")
+    if len(value) != ID_BYTES:
+        raise RequestError(name, f"expected 20 bytes, got {len(value)}")
+
+    return value
+
+
+def _parse_port(value: bytes | None) -> int:
+    if value is None:
+        raise RequestError("port", "missing, expected an integer from 1 to 65535")
+    if not value.isdigit() or len(value) > 5 or not 1 <= int(value) <= 65535:
+        raise RequestError("port", f"expected an integer from 1 to 65535, got {_show(value)}")
+
+    return int(value)
+
+
+def _parse_counter(fields: dict[str, bytes], name: str) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > MAX_COUNTER_DIGITS:
+        raise RequestError(name, f"expected a non-negative integer, got {_show(value)}")
+
+    return int(value)
+
+
+def _parse_event(value: bytes | None) -> Event:
+    if value is None:
+        return Event.NONE
+
+    event = _EVENTS.get(value)
+    if event is None:
+        raise RequestError(
+            "event", f"expected started, completed, stopped, paused or empty, got {_show(value)}"
+        )
+
+    return event
+
+
+def _parse_numwant(value: bytes | None, limits: AnnounceLimits) -> int:
+    if value is None:
+        return min(limits.default_numwant, limits.max_numwant)
+
+    # Some clients send -1 for "the tracker's default", as BEP 15 defines for UDP.
+    if value == b"-1":
+        return min(limits.default_numwant, limits.max_numwant)
+    if not value.isdigit() or len(value) > MAX_COUNTER_DIGITS:
+        raise RequestError("numwant", f"expected a non-negative integer, got {_show(value)}")
+
+    return min(int(value), limits.max_numwant)
+
+
+def _parse_key(value: bytes | None) -> bytes | None:
+    if value is not None and len(value) > MAX_KEY_BYTES:
+        raise RequestError("key", f"expected at most {MAX_KEY_BYTES} bytes, got {len(value)}")
+
+    return value
+
+
+def _show(value: bytes) -> str:
+    """Render a client value for a failure reason: printable ASCII as is, the rest escaped, cut to 40."""
+    text = ascii(value[:40].decode("latin-1"))
+    if len(value) > 40:
+        text += "..."
+
+    return text

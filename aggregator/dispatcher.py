@@ -1,0 +1,91 @@
+"""The dispatcher: sleeps until the earliest due batch, then hands due batches to a bounded worker pool."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from aggregator.batch import Batch
+from aggregator.due_index import DueIndex
+
+Clock = Callable[[], float]
+
+log = structlog.get_logger("aggregator.dispatcher")
+
+
+class Dispatcher:
+    """Pops due batches only when a worker is idle, so waiting batches stay in the index.
+
+    The index calls `wake` when a batch becomes the earliest one, which cuts the current sleep short.
+    """
+
+    def __init__(
+        self,
+        index: DueIndex,
+        run_batch: Callable[[Batch], Awaitable[None]],
+        workers: int,
+        clock: Clock,
+    ) -> None:
+        self._index = index
+        self._run_batch = run_batch
+        self._worker_count = workers
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        self._idle_workers = asyncio.Semaphore(workers)
+        self._ready: asyncio.Queue[Batch] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.busy_workers = 0
+        self.dispatched = 0
+        index.on_new_earliest = self.wake
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work(), name=f"worker-{n}") for n in range(self._worker_count)]
+        self._tasks.append(loop.create_task(self._dispatch(), name="dispatcher"))
+
+    async def stop(self) -> None:
+        """Cancel the dispatcher and the workers; in-flight announces are abandoned."""
+        for task in self._tasks:
+            task.cancel()
+
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._idle_workers.acquire()
+            batch = await self._next_due()
+            self.dispatched += 1
+            self._ready.put_nowait(batch)
+
+    async def _next_due(self) -> Batch:
+        while True:
+            # Clear before looking, so a wake() that races with the look is never lost.
+            self._wakeup.clear()
+            now_s = self._clock()
+            batch = self._index.pop_due(now_s)
+            if batch is not None:
+                return batch
+
+            earliest = self._index.earliest()
+            timeout_s = None if earliest is None else max(earliest.due_s - now_s, 0.0)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._ready.get()
+            self.busy_workers += 1
+            try:
+                await self._run_batch(batch)
+            except Exception:
+                # run_batch handles upstream failures itself; this is a bug, and the worker must survive it.
+                log.exception("worker.batch.crashed", info_hash=batch.info_hash.hex())
+            finally:
+                self.busy_workers -= 1
+                self._idle_workers.release()

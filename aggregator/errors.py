@@ -1,0 +1,22 @@
+"""Exception tree of the aggregator: one base class, one subclass per kind of bad input."""
+
+
+class AggregatorError(Exception):
+    """Base class of every error the aggregator raises on purpose."""
+
+
+class ConfigError(AggregatorError):
+    """A configuration value is missing, unknown or invalid; the message is one line for the operator."""
+
+
+class RequestError(AggregatorError):
+    """A client request is invalid; the message becomes the bencoded `failure reason`."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"invalid {parameter}: {problem}")
+        self.parameter = parameter
+        self.problem = problem
+
+
+class BencodeError(AggregatorError):
+    """A byte string is not valid bencode."""

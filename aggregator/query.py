@@ -1,0 +1,25 @@
+"""Decoder for the raw query string of tracker requests.
+
+Tracker requests carry binary values (info_hash, peer_id) percent-encoded byte by byte, so the
+query is decoded from its raw form: `+` stays a literal plus (BEP 3 uses no form encoding), and
+literal characters and `%XX` escapes may be mixed in one value.
+"""
+
+from urllib.parse import unquote_to_bytes
+
+
+def parse_query(raw_query: str) -> list[tuple[str, bytes]]:
+    """Split a raw query string into (name, value) pairs in order, percent-decoding each value.
+
+    Names are decoded too and kept as text; repeated names (scrape's info_hash) stay separate pairs.
+    An invalid escape such as "%zz" is kept literally, as urllib does.
+    """
+    pairs: list[tuple[str, bytes]] = []
+    for field in raw_query.split("&"):
+        if not field:
+            continue
+
+        name, _, value = field.partition("=")
+        pairs.append((unquote_to_bytes(name).decode("latin-1"), unquote_to_bytes(value)))
+
+    return pairs

@@ -1,0 +1,49 @@
+"""Bencoded tracker replies for HTTP clients (BEP 3, BEP 23 compact, BEP 7 peers6)."""
+
+from typing import Any
+
+from aggregator import bencoding
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, endpoint_ip_text, endpoint_port
+from aggregator.tracker import AnnounceResult
+
+
+def encode_announce_reply(
+    result: AnnounceResult, compact: bool, no_peer_id: bool, tracker_id: bytes | None
+) -> bytes:
+    """Encode an announce reply: compact `peers`/`peers6` strings, or BEP 3 peer dictionaries."""
+    reply: dict[bytes, Any] = {
+        b"interval": result.interval,
+        b"min interval": result.min_interval,
+        b"complete": result.complete,
+        b"incomplete": result.incomplete,
+    }
+    if tracker_id is not None:
+        reply[b"tracker id"] = tracker_id
+
+    if compact:
+        endpoints = [peer.endpoint for peer in result.local_peers] + result.upstream_endpoints
+        reply[b"peers"] = b"".join(e for e in endpoints if len(e) == IPV4_ENDPOINT_BYTES)
+        peers6 = b"".join(e for e in endpoints if len(e) != IPV4_ENDPOINT_BYTES)
+        if peers6:
+            reply[b"peers6"] = peers6
+    else:
+        peers: list[dict[bytes, Any]] = []
+        for peer in result.local_peers:
+            entry = _peer_dict(peer.endpoint)
+            if not no_peer_id:
+                entry[b"peer id"] = peer.peer_id
+            peers.append(entry)
+        # Upstream trackers reply in compact form, so their peers have no peer id to give.
+        peers.extend(_peer_dict(endpoint) for endpoint in result.upstream_endpoints)
+        reply[b"peers"] = peers
+
+    return bencoding.encode(reply)
+
+
+def encode_failure(reason: str, interval: int) -> bytes:
+    """Encode a `failure reason` reply; `interval` tells clients that ignore failures when to retry."""
+    return bencoding.encode({b"failure reason": reason, b"interval": interval})
+
+
+def _peer_dict(endpoint: bytes) -> dict[bytes, Any]:
+    return {b"ip": endpoint_ip_text(endpoint), b"port": endpoint_port(endpoint)}

@@ -1,0 +1,146 @@
+"""The announce core shared by every transport: local swarm, coalesced batches, merged peers."""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aggregator.announce import AnnounceRequest, Event
+from aggregator.batch import TorrentBatches
+from aggregator.batch_table import BatchTable
+from aggregator.endpoints import make_endpoint
+from aggregator.peer_cache import PeerCache
+from aggregator.swarm import Peer, Swarm, SwarmRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPolicy:
+    """The intervals a client is told to come back after."""
+
+    announce_interval: int
+    min_interval: int
+    first_interval: int
+
+
+@dataclass(slots=True)
+class AnnounceResult:
+    """What a transport needs to encode an announce reply."""
+
+    interval: int
+    min_interval: int
+    complete: int
+    incomplete: int
+    local_peers: list[Peer]
+    upstream_endpoints: list[bytes]
+
+
+class Tracker:
+    """Handles announces: updates the local swarm, coalesces upstream work, and picks peers to return."""
+
+    def __init__(
+        self,
+        swarms: SwarmRegistry,
+        table: BatchTable,
+        cache: PeerCache,
+        policy: ReplyPolicy,
+        forwarder_count: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.swarms = swarms
+        self.table = table
+        self.cache = cache
+        self._policy = policy
+        self._forwarder_count = forwarder_count
+        self._clock = clock
+        self.coalesced = 0  # announces that created no upstream work
+
+    async def announce(self, request: AnnounceRequest, packed_ip: bytes) -> AnnounceResult:
+        """Record the announce and return the peers and counts to send back."""
+        now_s = self._clock()
+        info_hash = request.info_hash
+        endpoint = make_endpoint(packed_ip, request.port)
+
+        if request.event is Event.STOPPED:
+            self.swarms.remove_peer(info_hash, endpoint)  # an emptied swarm queues upstream `stopped`
+
+            return self._result(info_hash, self.swarms.get(info_hash), None, endpoint, 0, now_s)
+
+        swarm, swarm_created = self.swarms.announce(info_hash, endpoint, request.peer_id, request.left, now_s)
+        torrent = self._coalesce(request, swarm, swarm_created, now_s)
+
+        first_round = torrent.first_round if torrent is not None else None
+        if first_round is not None and not first_round.done.done():
+            remaining_s = first_round.deadline_s - now_s
+            if remaining_s > 0:
+                # asyncio.wait leaves the shared future alone when this request gives up waiting.
+                await asyncio.wait({first_round.done}, timeout=remaining_s)
+                now_s = self._clock()
+
+        return self._result(info_hash, swarm, torrent, endpoint, request.numwant, now_s)
+
+    def _coalesce(
+        self, request: AnnounceRequest, swarm: Swarm, swarm_created: bool, now_s: float
+    ) -> TorrentBatches | None:
+        """Fold the announce into the infohash's batches; only events touch the schedule."""
+        if not self._forwarder_count:
+            return None
+
+        torrent = self.table.get(request.info_hash)
+        if torrent is None:
+            torrent = self.table.open(request.info_hash, now_s)
+        elif swarm_created:
+            self.table.note_swarm_refilled(torrent, now_s)
+        elif request.event is not Event.COMPLETED or torrent.completed_sent:
+            self.coalesced += 1
+
+        torrent.upstream_port = request.port
+        # Announce as a leecher while any local peer still downloads, so upstreams return seeders.
+        torrent.left = 0 if swarm.leechers == 0 else (swarm.last_leecher_left or 1)
+
+        if request.event is Event.COMPLETED:
+            self.table.note_completed(torrent, now_s)
+
+        return torrent
+
+    def _result(
+        self,
+        info_hash: bytes,
+        swarm: Swarm | None,
+        torrent: TorrentBatches | None,
+        endpoint: bytes,
+        numwant: int,
+        now_s: float,
+    ) -> AnnounceResult:
+        """Pick local peers first, then fill up with distinct upstream peers, never the requester."""
+        local_peers = swarm.sample(numwant, endpoint) if swarm is not None else []
+        complete = swarm.seeders if swarm is not None else 0
+        incomplete = swarm.leechers if swarm is not None else 0
+
+        upstream: list[bytes] = []
+        cached = self.cache.get(info_hash)
+        if cached is not None:
+            wanted = numwant - len(local_peers)
+            if wanted > 0:
+                taken = {peer.endpoint for peer in local_peers}
+                taken.add(endpoint)
+                # Sample a few extra so that dropping duplicates of local peers still fills the reply.
+                candidates = cached.sample(wanted + len(taken), now_s)
+                upstream = [candidate for candidate in candidates if candidate not in taken][:wanted]
+            else:
+                cached.merged(now_s)  # refreshes the counts below
+
+            complete += cached.complete
+            incomplete += cached.incomplete
+
+        interval = self._policy.announce_interval
+        # Bring a client back soon while upstreams may still deliver peers it did not get yet.
+        if torrent is not None and not upstream and torrent.replied < torrent.live_batches:
+            interval = self._policy.first_interval
+
+        return AnnounceResult(
+            interval=interval,
+            min_interval=min(self._policy.min_interval, interval),
+            complete=complete,
+            incomplete=incomplete,
+            local_peers=local_peers,
+            upstream_endpoints=upstream,
+        )

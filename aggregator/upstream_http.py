@@ -1,0 +1,122 @@
+"""HTTP(S) upstream announces over one shared aiohttp client session."""
+
+import asyncio
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from urllib.parse import quote_from_bytes
+
+import aiohttp
+from yarl import URL
+
+from aggregator import __version__
+from aggregator.batch import UpstreamEvent
+from aggregator.upstream_reply import FailureKind, UpstreamFailure, UpstreamReply, parse_announce_reply
+
+
+class UpstreamIdentity:
+    """How this aggregator instance presents itself upstream: one peer_id, one key per infohash."""
+
+    def __init__(self) -> None:
+        major, minor, patch = (__version__.split(".") + ["0", "0"])[:3]
+        # Azureus-style client prefix ("-AG0100-") followed by random bytes, stable for the process.
+        prefix = f"-AG{int(major):01d}{int(minor):02d}{int(patch):01d}-".encode()
+        self.peer_id = prefix + os.urandom(20 - len(prefix))
+        self._key_secret = os.urandom(16)
+
+    def key_for(self, info_hash: bytes) -> str:
+        """Return the stable `key` for one infohash: 8 hex digits (32 bits, as BEP 7 asks at least)."""
+        return hmac.new(self._key_secret, info_hash, hashlib.sha256).hexdigest()[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnnounce:
+    """One announce that the aggregator sends upstream as itself."""
+
+    info_hash: bytes
+    port: int
+    left: int
+    event: UpstreamEvent
+    numwant: int
+    tracker_id: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTarget:
+    """Where and how to send HTTP announces for one forwarder."""
+
+    uri: str
+    ip: str | None
+    host: str | None
+
+
+class HttpUpstream:
+    """Sends announces to HTTP(S) trackers and parses their replies."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, identity: UpstreamIdentity, timeout_s: float, max_body_bytes: int
+    ) -> None:
+        self._session = session
+        self._identity = identity
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_body_bytes = max_body_bytes
+
+    def build_url(self, target: HttpTarget, announce: UpstreamAnnounce) -> str:
+        """Build the announce URL; every byte outside the unreserved set is sent as %XX, never as '+'."""
+        fields = [
+            ("info_hash", quote_from_bytes(announce.info_hash, safe="")),
+            ("peer_id", quote_from_bytes(self._identity.peer_id, safe="")),
+            ("port", str(announce.port)),
+            ("uploaded", "0"),
+            ("downloaded", "0"),
+            ("left", str(announce.left)),
+            ("compact", "1"),
+            ("numwant", str(announce.numwant)),
+            ("key", self._identity.key_for(announce.info_hash)),
+        ]
+        if announce.event is not UpstreamEvent.NONE:
+            fields.append(("event", announce.event.value))
+        if announce.tracker_id is not None:
+            fields.append(("trackerid", quote_from_bytes(announce.tracker_id, safe="")))
+        if target.ip is not None:
+            fields.append(("ip", quote_from_bytes(target.ip.encode(), safe="")))
+
+        separator = "&" if "?" in target.uri else "?"
+
+        return target.uri + separator + "&".join(f"{name}={value}" for name, value in fields)
+
+    async def announce(self, target: HttpTarget, announce: UpstreamAnnounce) -> UpstreamReply:
+        """Send one announce; raise UpstreamFailure for every kind of failure."""
+        url = URL(self.build_url(target, announce), encoded=True)  # encoded: keep our %XX as they are
+        headers = {"Host": target.host} if target.host else None
+
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                if response.status != 200:
+                    raise UpstreamFailure(FailureKind.HTTP_STATUS, f"HTTP {response.status} {response.reason}")
+
+                body = await self._read_body(response)
+        except asyncio.TimeoutError:
+            raise UpstreamFailure(FailureKind.TIMEOUT, f"no reply within {self._timeout.total} s") from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise UpstreamFailure(FailureKind.CONNECTION, f"{type(error).__name__}: {error}") from None
+
+        return parse_announce_reply(body)
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        """Read the (already decompressed) body, failing once it passes the size cap."""
+        if response.content_length is not None and response.content_length > self._max_body_bytes:
+            raise UpstreamFailure(
+                FailureKind.BODY_TOO_LARGE, f"Content-Length {response.content_length} > {self._max_body_bytes}"
+            )
+
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > self._max_body_bytes:
+                raise UpstreamFailure(FailureKind.BODY_TOO_LARGE, f"body passed {self._max_body_bytes} bytes")
+
+        return bytes(body)
