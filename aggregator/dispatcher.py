@@ -36,10 +36,16 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self.busy_workers = 0
         self.dispatched = 0
+        self._batch_finished = asyncio.Condition()
         index.on_new_earliest = self.wake
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    async def wait_until_idle(self) -> None:
+        """Wait until no batch is in flight or handed over to a worker."""
+        async with self._batch_finished:
+            await self._batch_finished.wait_for(lambda: self.busy_workers == 0 and self._ready.empty())
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -89,3 +95,5 @@ class Dispatcher:
             finally:
                 self.busy_workers -= 1
                 self._idle_workers.release()
+                async with self._batch_finished:
+                    self._batch_finished.notify_all()

@@ -16,6 +16,7 @@ from aggregator.batch_table import BatchTable
 from aggregator.config import ListenAddress, Settings, settings_summary
 from aggregator.dispatcher import Dispatcher
 from aggregator.due_index import DueIndex
+from aggregator.forwarder import ForwarderStats
 from aggregator.http_front import AnnounceHandler, build_app
 from aggregator.peer_cache import PeerCache
 from aggregator.swarm import SwarmRegistry
@@ -86,7 +87,7 @@ class Service:
             table=self.table,
             cache=self.cache,
             targets=[HttpTarget(f.uri, f.ip, f.host) for f in self.forwarders],
-            names=[f.name for f in self.forwarders],
+            stats=[ForwarderStats(f.name) for f in self.forwarders],
             http=http,
             numwant=settings.upstream_numwant,
             upstream_port=settings.upstream_port,
@@ -133,9 +134,13 @@ class Service:
         period_s = min(max(self.settings.peer_ttl / 16, 1.0), MAX_SWEEP_PERIOD_S)
         while True:
             await asyncio.sleep(period_s)
-            now_s = self._clock()
-            self.swarms.expire(now_s)
-            self.cache.expire(now_s)
+            self.sweep_expired()
+
+    def sweep_expired(self) -> None:
+        """Drop expired local peers and upstream peer lists; emptied swarms queue upstream `stopped`."""
+        now_s = self._clock()
+        self.swarms.expire(now_s)
+        self.cache.expire(now_s)
 
 
 def _bind(address: ListenAddress) -> socket.socket:

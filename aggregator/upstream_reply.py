@@ -24,6 +24,7 @@ class FailureKind(enum.Enum):
     BODY_TOO_LARGE = "body_too_large"
     NOT_A_TRACKER = "not_a_tracker"  # the body is not bencode or not a dictionary (HTML, truncated)
     TRACKER_FAILURE = "tracker_failure"  # a bencoded `failure reason`
+    INTERNAL = "internal"  # a bug in the aggregator, logged with its traceback
 
 
 class UpstreamFailure(AggregatorError):

@@ -6,9 +6,10 @@ import structlog
 
 from aggregator.batch import Batch, UpstreamEvent
 from aggregator.batch_table import BatchTable
+from aggregator.forwarder import ForwarderStats
 from aggregator.peer_cache import PeerCache
 from aggregator.upstream_http import HttpTarget, HttpUpstream, UpstreamAnnounce
-from aggregator.upstream_reply import UpstreamFailure
+from aggregator.upstream_reply import FailureKind, UpstreamFailure
 
 log = structlog.get_logger("aggregator.upstream")
 
@@ -21,7 +22,7 @@ class UpstreamWorker:
         table: BatchTable,
         cache: PeerCache,
         targets: Sequence[HttpTarget],
-        names: Sequence[str],
+        stats: Sequence[ForwarderStats],
         http: HttpUpstream,
         numwant: int,
         upstream_port: int | None,
@@ -30,12 +31,12 @@ class UpstreamWorker:
         self._table = table
         self._cache = cache
         self._targets = targets
-        self._names = names
+        self.stats = stats
         self._http = http
         self._numwant = numwant
         self._upstream_port = upstream_port
         self._clock = clock
-        self.succeeded = 0
+        self.succeeded = 0  # upstream announces, over all forwarders
         self.failed = 0
 
     async def run_batch(self, batch: Batch) -> None:
@@ -43,6 +44,7 @@ class UpstreamWorker:
             return
 
         torrent = batch.torrent
+        stats = self.stats[batch.forwarder_index]
         sent_event = self._table.start_announce(batch)
         announce = UpstreamAnnounce(
             info_hash=torrent.info_hash,
@@ -57,9 +59,10 @@ class UpstreamWorker:
             reply = await self._http.announce(self._targets[batch.forwarder_index], announce)
         except UpstreamFailure as failure:
             self.failed += 1
+            stats.record_failure(failure.kind, self._clock())
             log.info(
                 "upstream.announce.failed",
-                forwarder=self._names[batch.forwarder_index],
+                forwarder=stats.name,
                 info_hash=torrent.info_hash.hex(),
                 bt_event=sent_event.value or "none",
                 kind=failure.kind.value,
@@ -71,20 +74,22 @@ class UpstreamWorker:
         except Exception:
             # A bug, not an upstream fault: log it and keep the batch scheduled rather than lose it.
             self.failed += 1
+            stats.record_failure(FailureKind.INTERNAL, self._clock())
             log.exception(
                 "upstream.announce.crashed",
-                forwarder=self._names[batch.forwarder_index],
+                forwarder=stats.name,
                 info_hash=torrent.info_hash.hex(),
             )
             self._table.after_failure(batch, sent_event, self._clock())
             return
 
         self.succeeded += 1
+        stats.record_success()
         now_s = self._clock()
         if reply.tracker_id is not None:
             batch.tracker_id = reply.tracker_id
         if reply.warning is not None:
-            log.debug("upstream.announce.warning", forwarder=self._names[batch.forwarder_index], warning=reply.warning)
+            log.debug("upstream.announce.warning", forwarder=stats.name, warning=reply.warning)
 
         # Store before after_success: it may end the first-round wait of client announces.
         if sent_event is not UpstreamEvent.STOPPED:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from aggregator.config import ForwarderConfig, ListenAddress, Settings
 from aggregator.service import Service
+from aggregator.upstream_reply import FailureKind
 from tests.fake_clock import FakeClock
 from tests.fake_tracker import FakeTracker, compact_peer
 
@@ -142,9 +143,9 @@ async def test_first_announce_gets_upstream_peers() -> None:
             assert reply[b"interval"] == 1800
 
             gate.set()
-            await trackers[1].wait_for_announces(1)
-            while service.worker.succeeded < 2:
-                await asyncio.sleep(0)  # let the held reply finish its way through the worker
+            assert service.dispatcher is not None
+            await service.dispatcher.wait_until_idle()
+            assert service.worker.succeeded == 2
 
             status, reply = await announce(session, url, announce_query(7002))
             expected = {compact_peer("10.1.1.1", 6000), compact_peer("10.2.2.2", 6001), compact_peer("127.0.0.1", 7001)}
@@ -162,6 +163,8 @@ async def test_failed_upstream_gives_short_interval() -> None:
             assert reply[b"interval"] == 45
             assert reply[b"min interval"] == 45
             assert service.worker.failed == 1
+            assert service.worker.stats[0].failed == 1
+            assert service.worker.stats[0].last_failure_kind is FailureKind.HTTP_STATUS
             batch = service.table.get(INFO_HASH).batches[0]  # type: ignore[union-attr]
             assert batch.failures == 1
             assert batch.in_index
@@ -180,8 +183,8 @@ async def test_failed_refresh_keeps_cached_peers() -> None:
             assert service.dispatcher is not None
             service.dispatcher.wake()
             await trackers[0].wait_for_announces(2)
-            while service.worker.failed < 1:
-                await asyncio.sleep(0)
+            await service.dispatcher.wait_until_idle()
+            assert service.worker.failed == 1
 
             _, reply = await announce(session, url, announce_query(7002))
 
@@ -230,10 +233,31 @@ async def test_emptied_swarm_sends_upstream_stopped() -> None:
         for tracker in trackers:
             announces = await tracker.wait_for_announces(2)
             assert [recorded.fields.get("event") for recorded in announces] == [b"started", b"stopped"]
-        while service.table.batch_count:
-            await asyncio.sleep(0)
+        assert service.dispatcher is not None
+        await service.dispatcher.wait_until_idle()
+        assert service.table.batch_count == 0
         assert service.table.get(INFO_HASH) is None
         assert len(service.swarms) == 0
+
+
+async def test_expired_swarm_sends_upstream_stopped() -> None:
+    clock = FakeClock()
+    async with fake_trackers(1) as trackers:
+        async with running(base_settings(trackers, peer_ttl=600), clock) as (service, session, url):
+            await announce(session, url, announce_query(7001))
+            await trackers[0].wait_for_announces(1)
+
+            clock.advance(500.0)
+            service.sweep_expired()
+            assert service.swarms.peer_count == 1
+
+            clock.advance(200.0)
+            service.sweep_expired()
+            assert service.swarms.peer_count == 0
+            announces = await trackers[0].wait_for_announces(2)
+
+    assert announces[1].fields["event"] == b"stopped"
+    assert announces[1].fields["numwant"] == b"0"
 
 
 async def test_completed_is_forwarded_once() -> None:
