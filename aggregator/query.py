@@ -15,11 +15,12 @@ def parse_query(raw_query: str) -> list[tuple[str, bytes]]:
     An invalid escape such as "%zz" is kept literally, as urllib does.
     """
     pairs: list[tuple[str, bytes]] = []
-    for field in raw_query.split("&"):
+    # surrogatepass: a query string built by another transport may hold lone surrogates.
+    for field in raw_query.encode("utf-8", "surrogatepass").split(b"&"):
         if not field:
             continue
 
-        name, _, value = field.partition("=")
+        name, _, value = field.partition(b"=")
         pairs.append((unquote_to_bytes(name).decode("latin-1"), unquote_to_bytes(value)))
 
     return pairs

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import quote_from_bytes
 
@@ -19,15 +20,27 @@ class UpstreamIdentity:
     """How this aggregator instance presents itself upstream: one peer_id, one key per infohash."""
 
     def __init__(self) -> None:
-        major, minor, patch = (__version__.split(".") + ["0", "0"])[:3]
-        # Azureus-style client prefix ("-AG0100-") followed by random bytes, stable for the process.
-        prefix = f"-AG{int(major):01d}{int(minor):02d}{int(patch):01d}-".encode()
+        prefix = azureus_prefix(__version__)
         self.peer_id = prefix + os.urandom(20 - len(prefix))
         self._key_secret = os.urandom(16)
 
     def key_for(self, info_hash: bytes) -> str:
         """Return the stable `key` for one infohash: 8 hex digits (32 bits, as BEP 7 asks at least)."""
         return hmac.new(self._key_secret, info_hash, hashlib.sha256).hexdigest()[:8]
+
+
+def azureus_prefix(version: str) -> bytes:
+    """Build the Azureus-style peer_id prefix "-AGxxxx-": one base-36 character per version part.
+
+    "0.1.0" gives "-AG0100-"; parts of 36 and above are capped, and suffixes such as "rc1" ignored.
+    """
+    parts = [int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3]]
+    digits = "".join(_BASE36[min(part, 35)] for part in parts).ljust(4, "0")
+
+    return f"-AG{digits}-".encode()
+
+
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,10 +90,17 @@ def _peers(value: Any) -> list[bytes]:
 
 
 def _peers6(value: Any) -> list[bytes]:
-    if isinstance(value, bytes):
-        return split_compact(value, IPV6_ENDPOINT_BYTES)
+    if not isinstance(value, bytes):
+        return []
 
-    return []
+    # A v4-mapped entry (::ffff:a.b.c.d) is an IPv4 peer: store it as one, as dictionary peers are.
+    return [
+        endpoint[12:] if endpoint.startswith(_V4_MAPPED_PREFIX) else endpoint
+        for endpoint in split_compact(value, IPV6_ENDPOINT_BYTES)
+    ]
+
+
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 def _dict_peers(entries: list[Any]) -> list[bytes]:
