@@ -99,7 +99,7 @@ class BatchTable:
         torrent.stopping = False
         for position, batch in enumerate(torrent.batches):
             if batch.in_flight:
-                continue  # after_success sees `stopping` is False and restarts it if needed
+                continue  # after_success finds `stopping` False and restarts the batch if needed
 
             if batch.retired:
                 fresh = Batch(torrent, batch.forwarder_index)
@@ -230,7 +230,7 @@ class BatchTable:
 
     @staticmethod
     def _refresh_due_s(batch: Batch, now_s: float) -> float:
-        """The next periodic announce: one upstream interval after the last success, never before `min interval`."""
+        """Return the next periodic due time: one upstream interval after the last success, never before `min interval`."""
         if batch.last_success_s is None:
             return now_s
 
@@ -238,7 +238,7 @@ class BatchTable:
 
     @staticmethod
     def _event_due_s(batch: Batch, now_s: float) -> float:
-        """An event announce goes out now, unless that would break the upstream's `min interval`."""
+        """Return the due time of an event announce: now, unless that breaks the upstream's `min interval`."""
         if batch.last_success_s is None:
             return now_s
 

@@ -20,7 +20,7 @@ class DueIndex:
     """
 
     def __init__(self, on_new_earliest: Callable[[], None] = lambda: None) -> None:
-        # Batch defines __lt__ on (due_s, sequence), so the list holds the batches themselves.
+        # Batch defines __lt__ on (due_s, sequence), so the list contains the batches themselves.
         self._batches = SortedList()
         self._sequence = count()
         self.on_new_earliest = on_new_earliest

@@ -1,4 +1,4 @@
-"""Upstream trackers as the pipeline sees them: where to send announces, and how that went so far."""
+"""Per-forwarder outcome counters of upstream announces."""
 
 from aggregator.upstream_reply import FailureKind
 

@@ -67,7 +67,7 @@ class PeerCache:
 
     def __init__(self, ttl_s: float) -> None:
         self._ttl_s = ttl_s
-        # Ordered by last store: with one TTL for all, the front holds the stalest infohashes.
+        # Ordered by last store. With one TTL for all, the stalest infohashes are at the front.
         self._torrents: OrderedDict[bytes, CachedTorrent] = OrderedDict()
 
     def __len__(self) -> int:

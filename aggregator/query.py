@@ -1,8 +1,8 @@
 """Decoder for the raw query string of tracker requests.
 
 Tracker requests carry binary values (info_hash, peer_id) percent-encoded byte by byte, so the
-query is decoded from its raw form: `+` stays a literal plus (BEP 3 uses no form encoding), and
-literal characters and `%XX` escapes may be mixed in one value.
+query is decoded from its raw form. A `+` stays a literal plus because BEP 3 uses no form
+encoding, and literal characters and `%XX` escapes may be mixed in one value.
 """
 
 from urllib.parse import unquote_to_bytes

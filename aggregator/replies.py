@@ -41,7 +41,7 @@ def encode_announce_reply(
 
 
 def encode_failure(reason: str, interval: int) -> bytes:
-    """Encode a `failure reason` reply; `interval` tells clients that ignore failures when to retry."""
+    """Encode a `failure reason` reply; `interval` is for clients that retry on a failure."""
     return bencoding.encode({b"failure reason": reason, b"interval": interval})
 
 

@@ -14,7 +14,7 @@ from aggregator.swarm import Peer, Swarm, SwarmRegistry
 
 @dataclass(frozen=True, slots=True)
 class ReplyPolicy:
-    """The intervals a client is told to come back after."""
+    """Intervals sent to clients."""
 
     announce_interval: int
     min_interval: int
@@ -23,7 +23,7 @@ class ReplyPolicy:
 
 @dataclass(slots=True)
 class AnnounceResult:
-    """What a transport needs to encode an announce reply."""
+    """Content of an announce reply, before a transport encodes it."""
 
     interval: int
     min_interval: int
@@ -118,13 +118,13 @@ class Tracker:
         upstream: list[bytes] = []
         cached = self.cache.get(info_hash)
         if cached is not None:
-            wanted = numwant - len(local_peers)
-            if wanted > 0:
-                taken = {peer.endpoint for peer in local_peers}
-                taken.add(endpoint)
+            missing = numwant - len(local_peers)
+            if missing > 0:
+                excluded = {peer.endpoint for peer in local_peers}
+                excluded.add(endpoint)
                 # Sample a few extra so that dropping duplicates of local peers still fills the reply.
-                candidates = cached.sample(wanted + len(taken), now_s)
-                upstream = [candidate for candidate in candidates if candidate not in taken][:wanted]
+                candidates = cached.sample(missing + len(excluded), now_s)
+                upstream = [candidate for candidate in candidates if candidate not in excluded][:missing]
             else:
                 cached.merged(now_s)  # refreshes the counts below
 

@@ -17,7 +17,7 @@ from aggregator.upstream_reply import FailureKind, UpstreamFailure, UpstreamRepl
 
 
 class UpstreamIdentity:
-    """How this aggregator instance presents itself upstream: one peer_id, one key per infohash."""
+    """Identity of this aggregator process upstream: one peer_id, and one key per infohash."""
 
     def __init__(self) -> None:
         prefix = azureus_prefix(__version__)
@@ -25,7 +25,7 @@ class UpstreamIdentity:
         self._key_secret = os.urandom(16)
 
     def key_for(self, info_hash: bytes) -> str:
-        """Return the stable `key` for one infohash: 8 hex digits (32 bits, as BEP 7 asks at least)."""
+        """Return the stable `key` for one infohash: 8 hex digits (32 bits, the minimum that BEP 7 requires)."""
         return hmac.new(self._key_secret, info_hash, hashlib.sha256).hexdigest()[:8]
 
 
@@ -57,7 +57,7 @@ class UpstreamAnnounce:
 
 @dataclass(frozen=True, slots=True)
 class HttpTarget:
-    """Where and how to send HTTP announces for one forwarder."""
+    """Destination of the HTTP announces of one forwarder: URI, `ip=` override and Host header."""
 
     uri: str
     ip: str | None

@@ -16,7 +16,7 @@ DEFAULT_INTERVAL_S = 1800
 
 
 class FailureKind(enum.Enum):
-    """Why an upstream announce failed; used in logs and to choose what happens next."""
+    """Kind of upstream announce failure, logged and used to choose the next step."""
 
     TIMEOUT = "timeout"
     CONNECTION = "connection"

@@ -16,7 +16,7 @@ def make_table(first_wait_s: float = 0.0, forwarders: int = FORWARDERS) -> tuple
 
 
 def drain_due(table: BatchTable, index: DueIndex, now_s: float, interval_s: float = 1800.0) -> list[UpstreamEvent]:
-    """Run every due batch as if its upstream answered at once; return the events sent."""
+    """Run every due batch as if its upstream replied at once; return the events sent."""
     sent = []
     while (batch := index.pop_due(now_s)) is not None:
         event = table.start_announce(batch)
@@ -137,7 +137,7 @@ def test_refill_after_stopped_sent_starts_again() -> None:
 
     table.note_swarm_refilled(torrent, now_s=60.0)
 
-    # The batch that already said `stopped` starts over; the two others simply stay.
+    # The batch that already sent `stopped` starts over; the two others simply stay.
     assert sorted(event.value for event in drain_due(table, index, 60.0)) == ["started"]
     assert table.batch_count == FORWARDERS
 

@@ -134,7 +134,7 @@ async def test_first_announce_gets_upstream_peers() -> None:
         trackers[0].reply = {b"interval": 1800, b"peers": compact_peer("10.1.1.1", 6000)}
         trackers[1].reply = {b"interval": 1800, b"peers": compact_peer("10.2.2.2", 6001) + compact_peer("10.1.1.1", 6000)}
         gate = asyncio.Event()
-        trackers[1].hold = gate  # the second upstream answers late
+        trackers[1].hold = gate  # the second upstream replies late
 
         async with running(base_settings(trackers)) as (service, session, url):
             status, reply = await announce(session, url, announce_query(7001))
