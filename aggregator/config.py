@@ -14,7 +14,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +77,32 @@ class Settings:
     retry_max_s: float = 1800.0  # back-off cap
     tracker_id: str | None = None  # `tracker id` sent in replies when set
     log_level: str = "info"  # debug, info, warning or error
+
+    # Client-facing protocol.
+    udp_listen: tuple[ListenAddress, ...] = ()  # BEP 15 UDP tracker addresses; empty = UDP off
+    max_scrape_hashes: int = 64  # info_hash values accepted in one HTTP scrape
+    full_scrape: bool = False  # serve /scrape without info_hash (every swarm)
+    trusted_proxies: tuple[str, ...] = ()  # CIDR networks whose X-Forwarded-For / X-Real-IP count
+    trusted_ip_param_networks: tuple[str, ...] = ()  # CIDR networks whose ip/ipv4/ipv6 parameters count
+    infohash_denylist: str | None = None  # file of 40-hex infohashes never served nor forwarded
+    infohash_allowlist: str | None = None  # file of 40-hex infohashes; when set, only these are served
+
+    # Upstream robustness.
+    forwarder_max_inflight: int = 4  # concurrent announces to one forwarder
+    upstream_connect_timeout_s: float = 5.0  # TCP connect timeout of HTTP(S) upstream announces
+    upstream_udp_tries: int = 2  # UDP upstream sends per request, each waiting upstream_timeout_s
+    dns_cache_ttl_s: float = 300.0  # seconds a resolved upstream host name is reused
+    suspend_s: float = 300.0  # suspension after HTTP 429/503 without Retry-After
+    disable_after_failures: int = 10  # consecutive failures that disable a forwarder
+    probe_base_s: float = 60.0  # first wait before a disabled forwarder is probed again
+    probe_max_s: float = 3600.0  # cap of the growing wait between probes
+
+    # Operations.
+    admin_listen: ListenAddress | None = ListenAddress("127.0.0.1", 9090)  # None = no admin listener
+    drain_timeout_s: float = 20.0  # grace for in-flight upstream announces at shutdown
+    state_file: str | None = None  # snapshot written at shutdown and loaded at start
+    access_log: bool = False  # JSON access log of client requests
+    access_log_sample: float = 1.0  # fraction of client requests logged when access_log is on
 
 
 _ENV_PREFIX = "AGGREGATOR_"
@@ -195,7 +221,38 @@ class _TextRule:
         return value.strip().lower()
 
 
-_ScalarRule = _IntRule | _FloatRule | _TextRule
+@dataclass(frozen=True, slots=True)
+class _BoolRule:
+    help: str
+    metavar: str = "BOOL"
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def check(self, value: object) -> bool:
+        # YAML already reads true/false/yes/no; 0 and 1 are accepted from the environment too.
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise _expected(self.describe(), value)
+
+
+@dataclass(frozen=True, slots=True)
+class _FractionRule:
+    help: str
+    metavar: str = "FRACTION"
+
+    def describe(self) -> str:
+        return "a number from 0 to 1"
+
+    def check(self, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise _expected(self.describe(), value)
+        return float(value)
+
+
+_ScalarRule = _IntRule | _FloatRule | _TextRule | _BoolRule | _FractionRule
 
 _NUMWANT_MAX = 10_000
 
@@ -239,10 +296,41 @@ _SCALAR_RULES: dict[str, _ScalarRule] = {
     "retry_max_s": _FloatRule(0, _DAY_S, "maximum seconds of back-off after repeated upstream failures"),
     "tracker_id": _TextRule("`tracker id` sent in replies", optional=True),
     "log_level": _TextRule("log level", choices=_LOG_LEVELS, metavar="LEVEL"),
+    "max_scrape_hashes": _IntRule(1, 1000, "maximum info_hash values in one HTTP scrape"),
+    "full_scrape": _BoolRule("serve /scrape without info_hash, listing every swarm"),
+    "infohash_denylist": _TextRule(
+        "file of infohashes (40 hex digits a line) that are rejected and never forwarded upstream. "
+        "A relative path in the config file is resolved against the config file's folder",
+        optional=True,
+        metavar="PATH",
+    ),
+    "infohash_allowlist": _TextRule(
+        "file of infohashes (40 hex digits a line); when set, every other infohash is rejected. "
+        "A relative path in the config file is resolved against the config file's folder",
+        optional=True,
+        metavar="PATH",
+    ),
+    "forwarder_max_inflight": _IntRule(1, 1024, "maximum concurrent announces to one forwarder"),
+    "upstream_connect_timeout_s": _FloatRule(0, 3600, "seconds before a TCP connect to an upstream times out"),
+    "upstream_udp_tries": _IntRule(1, 10, "sends of one UDP upstream request, each waiting upstream_timeout_s"),
+    "dns_cache_ttl_s": _FloatRule(0, _DAY_S, "seconds a resolved upstream host name is reused"),
+    "suspend_s": _FloatRule(0, _WEEK_S, "seconds a forwarder is suspended after HTTP 429 or 503 without Retry-After"),
+    "disable_after_failures": _IntRule(1, 1_000_000, "consecutive upstream failures that disable a forwarder"),
+    "probe_base_s": _FloatRule(0, _DAY_S, "seconds before a disabled forwarder is probed the first time"),
+    "probe_max_s": _FloatRule(0, _WEEK_S, "maximum seconds between probes of a disabled forwarder"),
+    "drain_timeout_s": _FloatRule(0, 3600, "seconds in-flight upstream announces get at shutdown"),
+    "state_file": _TextRule(
+        "file the state snapshot is written to at shutdown and loaded from at start",
+        optional=True,
+        metavar="PATH",
+    ),
+    "access_log": _BoolRule("log client requests as JSON"),
+    "access_log_sample": _FractionRule("fraction of client requests logged when access_log is on"),
 }
 
-_LIST_KEYS = ("listen", "forwarders")
+_LIST_KEYS = ("listen", "forwarders", "udp_listen", "trusted_proxies", "trusted_ip_param_networks", "admin_listen")
 _KEYS = (*_LIST_KEYS, *_SCALAR_RULES)
+_FILE_KEYS = ("forwarders_file", "infohash_denylist", "infohash_allowlist", "state_file")
 
 # Pairs (smaller, larger) whose order load_settings enforces after the per-key checks.
 _ORDERED_PAIRS = (
@@ -250,6 +338,7 @@ _ORDERED_PAIRS = (
     ("first_interval", "announce_interval"),
     ("min_interval", "announce_interval"),
     ("retry_base_s", "retry_max_s"),
+    ("probe_base_s", "probe_max_s"),
 )
 
 
@@ -585,16 +674,19 @@ def _read_config_file(path: str) -> _Layer:
             raise ConfigError(f"unknown key {_show(key)} in {path}{hint}")
         layer[key] = (value, path)
 
-    # A relative forwarders_file belongs next to the config file, wherever the process starts.
-    forwarders_file = document.get("forwarders_file")
-    if isinstance(forwarders_file, str) and forwarders_file.strip():
-        resolved = Path(path).parent / forwarders_file.strip()
-        layer["forwarders_file"] = (str(resolved), path)
+    # A relative file path belongs next to the config file, wherever the process starts.
+    for file_key in _FILE_KEYS:
+        file_value = document.get(file_key)
+        if isinstance(file_value, str) and file_value.strip():
+            resolved = Path(path).parent / file_value.strip()
+            layer[file_key] = (str(resolved), path)
     return layer
 
 
 def _parse_text(key: str, text: str) -> object:
     """Convert an environment or option string to the raw value that the key's rule checks."""
+    if key == "admin_listen":
+        return text  # one address, or an empty string for none
     if key in _LIST_KEYS:
         return _split_list(text)
 
@@ -644,6 +736,9 @@ def _read_options(options: Mapping[str, Any]) -> _Layer:
             layer[key] = ([item for text in option_value for item in _split_list(text)], "--listen")
         elif key == "forwarders":
             layer[key] = (list(option_value), "--forwarder")
+        elif key in _REPEATED_OPTIONS:
+            items = [item for text in option_value for item in _split_list(text)]
+            layer[key] = (items, _option_name(key))
         else:
             layer[key] = (_parse_text(key, option_value), _option_name(key))
     return layer
@@ -706,9 +801,35 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "These replace the forwarders list of the config file and environment, "
         "and forwarders_file entries are still added",
     )
+    for key, (metavar, text) in _REPEATED_OPTIONS.items():
+        parser.add_argument(_option_name(key), dest=key, action="append", metavar=metavar, help=text)
+    parser.add_argument(
+        "--admin-listen",
+        dest="admin_listen",
+        metavar="HOST:PORT",
+        help="address of the admin listener (metrics, stats, probes); an empty value turns it off. "
+        "Default 127.0.0.1:9090",
+    )
     for key, rule in _SCALAR_RULES.items():
         parser.add_argument(_option_name(key), dest=key, metavar=rule.metavar, help=_scalar_help(key, rule))
     return parser
+
+
+# List options that may be repeated or carry comma-separated values: metavar and help.
+_REPEATED_OPTIONS = {
+    "udp_listen": (
+        "HOST:PORT",
+        "address of the UDP tracker (BEP 15), such as 127.0.0.1:6969. Repeat it for several. Default: UDP off",
+    ),
+    "trusted_proxies": (
+        "CIDR",
+        "network of reverse proxies whose X-Forwarded-For and X-Real-IP headers are trusted. Default: none",
+    ),
+    "trusted_ip_param_networks": (
+        "CIDR",
+        "network of clients whose ip, ipv4 and ipv6 announce parameters are used. Default: none",
+    ),
+}
 
 
 # --- Validation and entry points ----------------------------------------------------
@@ -725,12 +846,56 @@ def _check_scalars(values: _Layer) -> dict[str, object]:
     return checked
 
 
+def _check_udp_listen(value: object) -> tuple[ListenAddress, ...]:
+    # Unlike `listen`, an empty list is valid: it turns the UDP tracker off.
+    if not _split_list(value):
+        return ()
+
+    return _check_listen(value)
+
+
+def _check_admin_listen(value: object) -> ListenAddress | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, list):
+        raise _expected(_LISTEN_EXPECTED + " or null", value)
+
+    return _parse_listen_address(value)
+
+
+def _check_networks(value: object) -> tuple[str, ...]:
+    networks = []
+    for item in _split_list(value):
+        if not isinstance(item, str):
+            raise _expected("a CIDR network such as 10.0.0.0/8 or fd00::/8", item)
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise _expected("a CIDR network such as 10.0.0.0/8 or fd00::/8", item) from None
+
+    return tuple(networks)
+
+
+_LIST_CHECKERS: dict[str, Callable[[object], object]] = {
+    "listen": _check_listen,
+    "udp_listen": _check_udp_listen,
+    "trusted_proxies": _check_networks,
+    "trusted_ip_param_networks": _check_networks,
+    "admin_listen": _check_admin_listen,
+}
+
+
 def _check_listen_value(values: _Layer) -> dict[str, object]:
-    if "listen" not in values:
-        return {}
-    raw, source = values["listen"]
-    with _reporting("listen", source):
-        return {"listen": _check_listen(raw)}
+    checked: dict[str, object] = {}
+    for key, checker in _LIST_CHECKERS.items():
+        if key not in values:
+            continue
+
+        raw, source = values[key]
+        with _reporting(key, source):
+            checked[key] = checker(raw)
+
+    return checked
 
 
 def _collect_forwarders(values: _Layer, forwarders_file: object) -> tuple[ForwarderConfig, ...]:
@@ -798,5 +963,8 @@ def settings_summary(settings: Settings) -> dict[str, object]:
     """
     summary: dict[str, object] = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
     summary["listen"] = [_format_host_port(address.host, address.port) for address in settings.listen]
+    summary["udp_listen"] = [_format_host_port(address.host, address.port) for address in settings.udp_listen]
+    admin = settings.admin_listen
+    summary["admin_listen"] = None if admin is None else _format_host_port(admin.host, admin.port)
     summary["forwarders"] = [_summarize_forwarder(forwarder) for forwarder in settings.forwarders]
     return summary

@@ -86,6 +86,22 @@ def test_every_field_settable_by_env_and_flag() -> None:
             "AGGREGATOR_UPSTREAM_MAX_BODY_BYTES": "4096",
             "AGGREGATOR_RETRY_BASE_S": "2",
             "AGGREGATOR_RETRY_MAX_S": "3",
+            "AGGREGATOR_UDP_LISTEN": "127.0.0.1:2",
+            "AGGREGATOR_MAX_SCRAPE_HASHES": "10",
+            "AGGREGATOR_FULL_SCRAPE": "true",
+            "AGGREGATOR_TRUSTED_PROXIES": "10.0.0.0/8",
+            "AGGREGATOR_TRUSTED_IP_PARAM_NETWORKS": "192.168.0.0/16,fd00::/8",
+            "AGGREGATOR_FORWARDER_MAX_INFLIGHT": "3",
+            "AGGREGATOR_UPSTREAM_CONNECT_TIMEOUT_S": "1",
+            "AGGREGATOR_UPSTREAM_UDP_TRIES": "3",
+            "AGGREGATOR_DNS_CACHE_TTL_S": "60",
+            "AGGREGATOR_SUSPEND_S": "120",
+            "AGGREGATOR_DISABLE_AFTER_FAILURES": "4",
+            "AGGREGATOR_PROBE_BASE_S": "5",
+            "AGGREGATOR_PROBE_MAX_S": "50",
+            "AGGREGATOR_DRAIN_TIMEOUT_S": "7",
+            "AGGREGATOR_ACCESS_LOG": "1",
+            "AGGREGATOR_ACCESS_LOG_SAMPLE": "0.25",
         }
     )
     settings = load_settings([], environ)
@@ -106,6 +122,23 @@ def test_every_field_settable_by_env_and_flag() -> None:
         retry_base_s=2.0,
         retry_max_s=3.0,
         log_level="debug",
+        udp_listen=(ListenAddress("127.0.0.1", 2),),
+        max_scrape_hashes=10,
+        full_scrape=True,
+        trusted_proxies=("10.0.0.0/8",),
+        trusted_ip_param_networks=("192.168.0.0/16", "fd00::/8"),
+        forwarder_max_inflight=3,
+        upstream_connect_timeout_s=1.0,
+        upstream_udp_tries=3,
+        dns_cache_ttl_s=60.0,
+        suspend_s=120.0,
+        disable_after_failures=4,
+        probe_base_s=5.0,
+        probe_max_s=50.0,
+        admin_listen=None,
+        drain_timeout_s=7.0,
+        access_log=True,
+        access_log_sample=0.25,
     )
 
 
@@ -811,3 +844,40 @@ def test_settings_summary_is_json(tmp_path: Path) -> None:
     assert "abcdef123456" not in text
     assert "secret" not in text
     assert set(summary) == {field.name for field in dataclasses.fields(Settings)}
+
+
+def test_protocol_and_operations_keys(tmp_path: Path) -> None:
+    settings = load_yaml(
+        tmp_path,
+        """
+        udp_listen: ["127.0.0.1:6969", "[::1]:6969"]
+        trusted_proxies: [10.0.0.0/8, "fd00::/8"]
+        admin_listen: null
+        full_scrape: true
+        infohash_denylist: lists/deny.txt
+        """,
+    )
+
+    assert settings.udp_listen == (ListenAddress("127.0.0.1", 6969), ListenAddress("::1", 6969))
+    assert settings.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+    assert settings.admin_listen is None
+    assert settings.full_scrape is True
+    assert settings.infohash_denylist == str(tmp_path / "lists" / "deny.txt")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("trusted_proxies", "10.0.0.0/33", "CIDR network"),
+        ("full_scrape", "maybe", "true or false"),
+        ("access_log_sample", "1.5", "from 0 to 1"),
+        ("admin_listen", "localhost", "HOST:PORT"),
+        ("probe_base_s", "100", "at most probe_max_s"),
+    ],
+)
+def test_new_keys_reject_bad_values(key: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings([], {"AGGREGATOR_" + key.upper(): value, "AGGREGATOR_PROBE_MAX_S": "50"})
+
+    assert key in str(error.value)
+    assert expected in str(error.value)
