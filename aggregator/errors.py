@@ -12,10 +12,17 @@ class ConfigError(AggregatorError):
 class RequestError(AggregatorError):
     """A client request is invalid; the message becomes the bencoded `failure reason`."""
 
-    def __init__(self, parameter: str, problem: str) -> None:
-        super().__init__(f"invalid {parameter}: {problem}")
+    def __init__(self, parameter: str, problem: str, message: str | None = None) -> None:
+        super().__init__(message or f"invalid {parameter}: {problem}")
         self.parameter = parameter
         self.problem = problem
+
+
+class InfohashDeniedError(RequestError):
+    """The infohash is on the denylist, or missing from the allowlist."""
+
+    def __init__(self, info_hash: bytes) -> None:
+        super().__init__("info_hash", "not allowed", f"info_hash {info_hash.hex()} is not allowed on this tracker")
 
 
 class BencodeError(AggregatorError):

@@ -40,7 +40,11 @@ class AnnounceHandler:
             log.warning("http.announce.no_client_address", error=str(error))
             return _failure("internal error: the client address could not be read")
 
-        result = await self._tracker.announce(announce, packed_ip)
+        try:
+            result = await self._tracker.announce(announce, packed_ip)
+        except RequestError as error:  # a denied infohash
+            self.failures += 1
+            return _failure(str(error))
         body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
 
         return web.Response(body=body, content_type=CONTENT_TYPE)

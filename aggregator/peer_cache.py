@@ -10,19 +10,22 @@ from collections import OrderedDict
 
 
 class _Entry:
-    __slots__ = ("endpoints", "complete", "incomplete", "expires_s")
+    __slots__ = ("endpoints", "complete", "incomplete", "downloaded", "expires_s")
 
-    def __init__(self, endpoints: list[bytes], complete: int, incomplete: int, expires_s: float) -> None:
+    def __init__(
+        self, endpoints: list[bytes], complete: int, incomplete: int, downloaded: int, expires_s: float
+    ) -> None:
         self.endpoints = endpoints
         self.complete = complete
         self.incomplete = incomplete
+        self.downloaded = downloaded
         self.expires_s = expires_s
 
 
 class CachedTorrent:
     """The upstream peers of one infohash, per forwarder, and their merged view."""
 
-    __slots__ = ("entries", "_merged", "_merged_expires_s", "complete", "incomplete")
+    __slots__ = ("entries", "_merged", "_merged_expires_s", "complete", "incomplete", "downloaded")
 
     def __init__(self) -> None:
         self.entries: dict[int, _Entry] = {}
@@ -30,6 +33,7 @@ class CachedTorrent:
         self._merged_expires_s = 0.0
         self.complete = 0  # max over forwarders of their reported seeders
         self.incomplete = 0  # max over forwarders of their reported leechers
+        self.downloaded = 0  # max over forwarders of their reported completed downloads
 
     def merged(self, now_s: float) -> list[bytes]:
         """Return the distinct live endpoints over all forwarders, rebuilding after a change or expiry."""
@@ -47,6 +51,7 @@ class CachedTorrent:
         self._merged_expires_s = min((entry.expires_s for entry in self.entries.values()), default=float("inf"))
         self.complete = max((entry.complete for entry in self.entries.values()), default=0)
         self.incomplete = max((entry.incomplete for entry in self.entries.values()), default=0)
+        self.downloaded = max((entry.downloaded for entry in self.entries.values()), default=0)
 
         return self._merged
 
@@ -83,6 +88,7 @@ class PeerCache:
         endpoints: list[bytes],
         complete: int,
         incomplete: int,
+        downloaded: int,
         now_s: float,
     ) -> None:
         """Replace what one forwarder reported for one infohash."""
@@ -93,7 +99,7 @@ class PeerCache:
         else:
             self._torrents.move_to_end(info_hash)
 
-        torrent.entries[forwarder_index] = _Entry(endpoints, complete, incomplete, now_s + self._ttl_s)
+        torrent.entries[forwarder_index] = _Entry(endpoints, complete, incomplete, downloaded, now_s + self._ttl_s)
         torrent.invalidate()
 
     def expire(self, now_s: float) -> int:

@@ -31,12 +31,13 @@ class Peer:
 class Swarm:
     """The local peers of one infohash."""
 
-    __slots__ = ("peers_by_endpoint", "peer_list", "seeders", "expiry_bucket", "last_leecher_left")
+    __slots__ = ("peers_by_endpoint", "peer_list", "seeders", "downloads", "expiry_bucket", "last_leecher_left")
 
     def __init__(self) -> None:
         self.peers_by_endpoint: dict[bytes, Peer] = {}  # ordered by last announce, oldest first
         self.peer_list: list[Peer] = []  # the same peers in no order, for random.sample
         self.seeders = 0
+        self.downloads = 0  # `completed` events seen while this swarm existed
         self.expiry_bucket = -1
         self.last_leecher_left: int | None = None
 

@@ -8,6 +8,7 @@ from aggregator.announce import AnnounceRequest, Event
 from aggregator.batch import TorrentBatches
 from aggregator.batch_table import BatchTable
 from aggregator.endpoints import make_endpoint
+from aggregator.errors import InfohashDeniedError
 from aggregator.peer_cache import PeerCache
 from aggregator.swarm import Peer, Swarm, SwarmRegistry
 
@@ -19,6 +20,15 @@ class ReplyPolicy:
     announce_interval: int
     min_interval: int
     first_interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeCounts:
+    """Swarm counts of one infohash: the local swarm plus the largest counts an upstream reported."""
+
+    complete: int
+    incomplete: int
+    downloaded: int
 
 
 @dataclass(slots=True)
@@ -44,7 +54,9 @@ class Tracker:
         policy: ReplyPolicy,
         forwarder_count: int,
         clock: Callable[[], float],
+        is_allowed: Callable[[bytes], bool] = lambda info_hash: True,
     ) -> None:
+        self.is_allowed = is_allowed  # the access lists; replaceable while running
         self.swarms = swarms
         self.table = table
         self.cache = cache
@@ -54,9 +66,14 @@ class Tracker:
         self.coalesced = 0  # announces that created no upstream work
 
     async def announce(self, request: AnnounceRequest, packed_ip: bytes) -> AnnounceResult:
-        """Record the announce and return the peers and counts to send back."""
+        """Record the announce and return the peers and counts to send back.
+
+        Raises InfohashDeniedError for an infohash the access lists reject; it is never forwarded.
+        """
         now_s = self._clock()
         info_hash = request.info_hash
+        if not self.is_allowed(info_hash):
+            raise InfohashDeniedError(info_hash)
         endpoint = make_endpoint(packed_ip, request.port)
 
         if request.event is Event.STOPPED:
@@ -65,6 +82,8 @@ class Tracker:
             return self._result(info_hash, self.swarms.get(info_hash), None, endpoint, 0, now_s)
 
         swarm, swarm_created = self.swarms.announce(info_hash, endpoint, request.peer_id, request.left, now_s)
+        if request.event is Event.COMPLETED:
+            swarm.downloads += 1
         torrent = self._coalesce(request, swarm, swarm_created, now_s)
 
         first_round = torrent.first_round if torrent is not None else None
@@ -76,6 +95,34 @@ class Tracker:
                 now_s = self._clock()
 
         return self._result(info_hash, swarm, torrent, endpoint, request.numwant, now_s)
+
+    def scrape(self, info_hashes: list[bytes]) -> list[ScrapeCounts]:
+        """Return the counts of each infohash, in request order; unknown or denied ones get zeros.
+
+        Scrape never creates a swarm or a batch.
+        """
+        now_s = self._clock()
+        counts = []
+        for info_hash in info_hashes:
+            if not self.is_allowed(info_hash):
+                counts.append(ScrapeCounts(0, 0, 0))
+                continue
+
+            swarm = self.swarms.get(info_hash)
+            complete = swarm.seeders if swarm is not None else 0
+            incomplete = swarm.leechers if swarm is not None else 0
+            downloaded = swarm.downloads if swarm is not None else 0
+
+            cached = self.cache.get(info_hash)
+            if cached is not None:
+                cached.merged(now_s)  # drops expired entries and refreshes the counts
+                complete += cached.complete
+                incomplete += cached.incomplete
+                downloaded += cached.downloaded
+
+            counts.append(ScrapeCounts(complete, incomplete, downloaded))
+
+        return counts
 
     def _coalesce(
         self, request: AnnounceRequest, swarm: Swarm, swarm_created: bool, now_s: float

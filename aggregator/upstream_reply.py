@@ -46,6 +46,7 @@ class UpstreamReply:
     endpoints: list[bytes]  # compact IPv4 (6 bytes) and IPv6 (18 bytes) endpoints, port 0 dropped
     complete: int
     incomplete: int
+    downloaded: int  # completed downloads the upstream reports (a de facto key, 0 when absent)
     tracker_id: bytes | None
     warning: str | None
 
@@ -75,6 +76,7 @@ def parse_announce_reply(body: bytes) -> UpstreamReply:
         endpoints=endpoints,
         complete=_count(reply.get(b"complete")),
         incomplete=_count(reply.get(b"incomplete")),
+        downloaded=_count(reply.get(b"downloaded")),
         tracker_id=tracker_id if isinstance(tracker_id, bytes) and tracker_id else None,
         warning=_text(warning) if warning is not None else None,
     )

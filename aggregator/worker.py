@@ -94,7 +94,13 @@ class UpstreamWorker:
         # Store before after_success: it may end the first-round wait of client announces.
         if sent_event is not UpstreamEvent.STOPPED:
             self._cache.store(
-                torrent.info_hash, batch.forwarder_index, reply.endpoints, reply.complete, reply.incomplete, now_s
+                torrent.info_hash,
+                batch.forwarder_index,
+                reply.endpoints,
+                reply.complete,
+                reply.incomplete,
+                reply.downloaded,
+                now_s,
             )
 
         self._table.after_success(

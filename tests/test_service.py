@@ -309,3 +309,16 @@ async def test_no_forwarders_runs_as_local_tracker() -> None:
         assert peers == [{b"ip": b"127.0.0.1", b"port": 7001, b"peer id": b"-TR4000-" + (7001).to_bytes(12, "big")}]
         assert len(service.index) == 0
 
+
+
+async def test_denied_infohash_is_never_forwarded() -> None:
+    async with fake_trackers(1) as trackers, running(base_settings(trackers)) as (service, session, url):
+        service.tracker.is_allowed = lambda info_hash: info_hash != INFO_HASH
+
+        status, reply = await announce(session, url, announce_query(7001))
+
+        assert status == 200
+        assert reply[b"failure reason"] == f"info_hash {INFO_HASH.hex()} is not allowed on this tracker".encode()
+        assert len(service.swarms) == 0
+        assert len(service.index) == 0
+        assert trackers[0].announces == []
