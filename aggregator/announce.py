@@ -49,6 +49,11 @@ class AnnounceRequest:
     compact: bool
     no_peer_id: bool
     key: bytes | None
+    # Raw `ip` (BEP 3), `ipv4` and `ipv6` (BEP 7) values, unchecked: they count only for trusted
+    # networks, which aggregator.client_address decides.
+    ip: bytes | None = None
+    ipv4: bytes | None = None
+    ipv6: bytes | None = None
 
     @property
     def is_seeder(self) -> bool:
@@ -75,6 +80,9 @@ def parse_announce(raw_query: str, limits: AnnounceLimits) -> AnnounceRequest:
         compact=fields.get("compact", b"1") != b"0",
         no_peer_id=fields.get("no_peer_id", b"0") == b"1",
         key=_parse_key(fields.get("key")),
+        ip=fields.get("ip"),
+        ipv4=fields.get("ipv4"),
+        ipv6=fields.get("ipv6"),
     )
 
 

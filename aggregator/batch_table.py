@@ -10,6 +10,9 @@ import random
 from aggregator.batch import Batch, FirstRound, Priority, TorrentBatches, UpstreamEvent
 from aggregator.due_index import DueIndex
 
+# Bound on remembered `retry in: never` pairs; past it the oldest is forgotten (and tried again).
+MAX_STOPPED_PAIRS = 100_000
+
 # A `stopped` announce is retried this many times at most: the swarm is gone, so giving up is
 # harmless, and the upstream drops our entry by itself after its own peer timeout.
 MAX_STOPPED_ATTEMPTS = 2
@@ -33,12 +36,36 @@ class BatchTable:
         self._retry_max_s = retry_max_s
         self._torrents: dict[bytes, TorrentBatches] = {}
         self.batch_count = 0
+        # Pairs whose upstream replied `retry in: never`, oldest first; kept across swarm lifetimes.
+        self._stopped_pairs: dict[tuple[bytes, int], None] = {}
 
     def __len__(self) -> int:
         return len(self._torrents)
 
     def get(self, info_hash: bytes) -> TorrentBatches | None:
         return self._torrents.get(info_hash)
+
+    def torrents(self) -> list[TorrentBatches]:
+        return list(self._torrents.values())
+
+    def stopped_pairs(self) -> list[tuple[bytes, int]]:
+        return list(self._stopped_pairs)
+
+    def restore_stopped_pair(self, info_hash: bytes, forwarder_index: int) -> None:
+        self._stopped_pairs[(info_hash, forwarder_index)] = None
+
+    def restore_batch(self, batch: Batch, due_s: float) -> None:
+        """Add a batch rebuilt from a snapshot, filing its torrent first if needed."""
+        torrent = batch.torrent
+        self._torrents.setdefault(torrent.info_hash, torrent)
+        torrent.batches.append(batch)
+        if (torrent.info_hash, batch.forwarder_index) in self._stopped_pairs:
+            batch.retired = True
+            return
+
+        torrent.live_batches += 1
+        self.batch_count += 1
+        self._index.schedule(batch, due_s)
 
     def open(self, info_hash: bytes, now_s: float) -> TorrentBatches:
         """Open one batch per forwarder for a newly seen infohash, all due now."""
@@ -50,10 +77,19 @@ class BatchTable:
         for forwarder_index in range(self._forwarder_count):
             batch = Batch(torrent, forwarder_index)
             torrent.batches.append(batch)
-            self._index.schedule(batch, now_s)
+            if (info_hash, forwarder_index) in self._stopped_pairs:
+                batch.retired = True
+                continue
 
-        torrent.live_batches = self._forwarder_count
-        self.batch_count += self._forwarder_count
+            self._index.schedule(batch, now_s)
+            torrent.live_batches += 1
+
+        self.batch_count += torrent.live_batches
+        if torrent.first_round is not None:
+            torrent.first_round.pending = torrent.live_batches
+        if torrent.live_batches == 0:
+            del self._torrents[info_hash]
+            torrent.first_round = None
 
         return torrent
 
@@ -100,6 +136,9 @@ class BatchTable:
         for position, batch in enumerate(torrent.batches):
             if batch.in_flight:
                 continue  # after_success finds `stopping` False and restarts the batch if needed
+
+            if batch.retired and (torrent.info_hash, batch.forwarder_index) in self._stopped_pairs:
+                continue
 
             if batch.retired:
                 fresh = Batch(torrent, batch.forwarder_index)
@@ -157,8 +196,13 @@ class BatchTable:
 
         self._reschedule(batch, now_s)
 
-    def after_failure(self, batch: Batch, sent_event: UpstreamEvent, now_s: float) -> None:
-        """Retry a batch with exponential back-off and jitter, or retire it if that is pointless."""
+    def after_failure(
+        self, batch: Batch, sent_event: UpstreamEvent, now_s: float, retry_at_s: float | None = None
+    ) -> None:
+        """Retry a batch at `retry_at_s`, or after exponential back-off with jitter.
+
+        A batch whose swarm emptied is retired instead when retrying is pointless.
+        """
         torrent = batch.torrent
         self._finish_first_round(batch, brought_peers=False)
         batch.in_flight = False
@@ -171,10 +215,23 @@ class BatchTable:
         if torrent.stopping:
             batch.pending_event = UpstreamEvent.STOPPED
 
-        ceiling_s = min(self._retry_max_s, self._retry_base_s * 2 ** (batch.failures - 1))
-        # Jitter spreads the retries of many batches that failed together (one upstream outage).
-        delay_s = ceiling_s * random.uniform(0.5, 1.0)
-        self._index.schedule(batch, now_s + delay_s)
+        if retry_at_s is None:
+            ceiling_s = min(self._retry_max_s, self._retry_base_s * 2 ** (batch.failures - 1))
+            # Jitter spreads the retries of many batches that failed together (one upstream outage).
+            retry_at_s = now_s + ceiling_s * random.uniform(0.5, 1.0)
+        self._index.schedule(batch, retry_at_s)
+
+    def stop_pair(self, batch: Batch) -> None:
+        """Retire a batch for good: its upstream asked never to be sent this infohash again (BEP 31)."""
+        batch.in_flight = False
+        self._finish_first_round(batch, brought_peers=False)
+        self._stopped_pairs[(batch.info_hash, batch.forwarder_index)] = None
+        if len(self._stopped_pairs) > MAX_STOPPED_PAIRS:
+            del self._stopped_pairs[next(iter(self._stopped_pairs))]  # forget the oldest
+        self.retire(batch)
+
+    def is_stopped_pair(self, info_hash: bytes, forwarder_index: int) -> bool:
+        return (info_hash, forwarder_index) in self._stopped_pairs
 
     def retire(self, batch: Batch) -> None:
         """Remove a batch for good; the infohash leaves the table with its last batch."""

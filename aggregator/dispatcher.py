@@ -25,8 +25,10 @@ class Dispatcher:
         run_batch: Callable[[Batch], Awaitable[None]],
         workers: int,
         clock: Clock,
+        admit: Callable[[Batch, float], bool] = lambda batch, now_s: True,
     ) -> None:
         self._index = index
+        self._admit = admit  # may move or park a batch and return False
         self._run_batch = run_batch
         self._worker_count = workers
         self._clock = clock
@@ -64,6 +66,9 @@ class Dispatcher:
         while True:
             await self._idle_workers.acquire()
             batch = await self._next_due()
+            while not self._admit(batch, self._clock()):
+                batch = await self._next_due()
+
             self.dispatched += 1
             self._ready.put_nowait(batch)
 

@@ -1,27 +1,301 @@
-"""Per-forwarder outcome counters of upstream announces."""
+"""Forwarder health: state (active, suspended, disabled), latency and success averages, admission.
 
+The dispatcher asks `ForwarderRegistry.admit` before it hands a batch to a worker. A batch of a
+suspended or disabled forwarder is moved to the time the forwarder may be tried again, so it is
+popped once per state change, never in a busy loop. A batch beyond the forwarder's in-flight
+cap waits in that forwarder's queue until one of its announces finishes.
+"""
+
+import collections
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from aggregator.batch import Batch
+from aggregator.due_index import DueIndex
+from aggregator.faults import Verdict
 from aggregator.upstream_reply import FailureKind
 
+log = structlog.get_logger("aggregator.forwarder")
 
-class ForwarderStats:
-    """Outcome counters of one forwarder, updated by the workers."""
+# Weight of the newest sample in the moving averages of latency and success.
+EMA_WEIGHT = 0.2
+# Individual failures are logged at DEBUG; a summary per forwarder goes out at most this often.
+FAILURE_SUMMARY_PERIOD_S = 60.0
 
-    __slots__ = ("name", "succeeded", "failed", "consecutive_failures", "last_failure_kind", "last_failure_s")
 
-    def __init__(self, name: str) -> None:
+class ForwarderState(enum.Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Settings that drive forwarder states."""
+
+    max_inflight: int
+    suspend_s: float
+    disable_after_failures: int
+    probe_base_s: float
+    probe_max_s: float
+
+
+class ForwarderHealth:
+    """State and statistics of one forwarder."""
+
+    __slots__ = (
+        "index",
+        "name",
+        "state",
+        "until_s",
+        "reason",
+        "probe_delay_s",
+        "probing",
+        "inflight",
+        "waiting",
+        "deferred",
+        "ema_latency_s",
+        "ema_success",
+        "succeeded",
+        "failed",
+        "consecutive_failures",
+        "last_failure_kind",
+        "last_failure_detail",
+        "last_failure_s",
+        "last_interval_s",
+        "failures_since_summary",
+        "last_summary_s",
+    )
+
+    def __init__(self, index: int, name: str, probe_base_s: float) -> None:
+        self.index = index
         self.name = name
+        self.state = ForwarderState.ACTIVE
+        self.until_s = 0.0  # end of a suspension, or the next probe of a disabled forwarder
+        self.reason = ""  # why the forwarder is suspended or disabled
+        self.probe_delay_s = probe_base_s  # grows while probes fail
+        self.probing = False  # a probe announce of a disabled forwarder is in flight
+        self.inflight = 0
+        self.waiting: collections.deque[Batch] = collections.deque()  # over the in-flight cap
+        self.deferred: set[Batch] = set()  # moved to until_s; pulled forward on re-enable
+        self.ema_latency_s: float | None = None
+        self.ema_success = 1.0
         self.succeeded = 0
         self.failed = 0
         self.consecutive_failures = 0
         self.last_failure_kind: FailureKind | None = None
+        self.last_failure_detail = ""
         self.last_failure_s: float | None = None
+        self.last_interval_s: int | None = None
+        self.failures_since_summary: collections.Counter[str] = collections.Counter()
+        self.last_summary_s = 0.0
 
-    def record_success(self) -> None:
-        self.succeeded += 1
-        self.consecutive_failures = 0
+    @property
+    def score(self) -> float:
+        """Rank for throttling: success rate first, then speed; higher is better."""
+        latency_s = self.ema_latency_s if self.ema_latency_s is not None else 1.0
 
-    def record_failure(self, kind: FailureKind, now_s: float) -> None:
-        self.failed += 1
-        self.consecutive_failures += 1
-        self.last_failure_kind = kind
-        self.last_failure_s = now_s
+        return self.ema_success / (1.0 + latency_s)
+
+
+class ForwarderRegistry:
+    """Health of every forwarder, and the admission rules the dispatcher applies."""
+
+    def __init__(
+        self,
+        names: list[str],
+        policy: HealthPolicy,
+        index: DueIndex,
+        clock: Callable[[], float],
+    ) -> None:
+        self.policy = policy
+        self._index = index
+        self._clock = clock
+        self.forwarders = [ForwarderHealth(position, name, policy.probe_base_s) for position, name in enumerate(names)]
+
+    def __getitem__(self, forwarder_index: int) -> ForwarderHealth:
+        return self.forwarders[forwarder_index]
+
+    def admit(self, batch: Batch, now_s: float) -> bool:
+        """Return True if the batch may be announced now; otherwise move or park it and return False."""
+        health = self.forwarders[batch.forwarder_index]
+        health.deferred.discard(batch)
+
+        if health.state is ForwarderState.SUSPENDED and now_s >= health.until_s:
+            self._activate(health, "suspension over")
+
+        if health.state is ForwarderState.SUSPENDED:
+            self._defer(health, batch, health.until_s)
+            return False
+
+        if health.state is ForwarderState.DISABLED:
+            if health.probing or now_s < health.until_s:
+                # The next probe is at until_s; while one is in flight, expect its verdict soon.
+                next_try_s = health.until_s if now_s < health.until_s else now_s + health.probe_delay_s
+                self._defer(health, batch, next_try_s)
+                return False
+
+            health.probing = True  # this batch is the probe
+            health.inflight += 1
+            return True
+
+        if health.inflight >= self.policy.max_inflight:
+            health.waiting.append(batch)
+            return False
+
+        health.inflight += 1
+        return True
+
+    def release(self, forwarder_index: int) -> None:
+        """Free the in-flight slot of a finished announce and let one waiting batch go."""
+        health = self.forwarders[forwarder_index]
+        health.inflight -= 1
+
+        while health.waiting:
+            batch = health.waiting.popleft()
+            if not batch.retired:
+                self._index.schedule(batch, self._clock())
+                break
+
+    def record_success(self, forwarder_index: int, latency_s: float, interval_s: int) -> None:
+        health = self.forwarders[forwarder_index]
+        health.succeeded += 1
+        health.consecutive_failures = 0
+        health.last_interval_s = interval_s
+        health.ema_latency_s = _ema(health.ema_latency_s, latency_s)
+        health.ema_success = _ema(health.ema_success, 1.0)
+
+        if health.state is not ForwarderState.ACTIVE:
+            self._activate(health, "announce succeeded")
+
+    def record_failure(
+        self,
+        forwarder_index: int,
+        verdict: Verdict,
+        kind: FailureKind,
+        detail: str,
+        now_s: float,
+        suspend_for_s: float | None = None,
+    ) -> float | None:
+        """Update the forwarder after a failure; return when its batches may try again, if it changed."""
+        health = self.forwarders[forwarder_index]
+        health.failed += 1
+        health.last_failure_kind = kind
+        health.last_failure_detail = detail
+        health.last_failure_s = now_s
+        health.ema_success = _ema(health.ema_success, 0.0)
+        self._count_for_summary(health, kind, now_s)
+
+        if verdict in (Verdict.DEFER_PAIR, Verdict.STOP_PAIR):
+            # The tracker answered; only this torrent is refused, so the forwarder stays healthy.
+            health.consecutive_failures = 0
+            if health.state is ForwarderState.DISABLED and health.probing:
+                self._activate(health, "tracker replied")
+            return None
+
+        health.consecutive_failures += 1
+        if health.state is ForwarderState.DISABLED and not health.probing:
+            return health.until_s  # sent before the forwarder was disabled; only a probe moves the next probe
+
+        if verdict is Verdict.SUSPEND:
+            self._suspend(health, now_s + (suspend_for_s or self.policy.suspend_s), kind.value)
+            return health.until_s
+
+        # A failed probe counts like a new disabling failure, whatever its kind.
+        too_many = health.consecutive_failures >= self.policy.disable_after_failures
+        if verdict is Verdict.DISABLE or too_many or health.state is ForwarderState.DISABLED:
+            reason = f"{health.consecutive_failures} consecutive failures" if too_many else kind.value
+            self._disable(health, now_s, reason)
+            return health.until_s
+
+        return None
+
+    def flush_summaries(self, now_s: float) -> None:
+        """Log the failure counts gathered since each forwarder's last summary."""
+        for health in self.forwarders:
+            if health.failures_since_summary:
+                self._log_summary(health, now_s)
+
+    def _count_for_summary(self, health: ForwarderHealth, kind: FailureKind, now_s: float) -> None:
+        health.failures_since_summary[kind.value] += 1
+        if now_s - health.last_summary_s >= FAILURE_SUMMARY_PERIOD_S:
+            self._log_summary(health, now_s)
+
+    def _log_summary(self, health: ForwarderHealth, now_s: float) -> None:
+        log.info(
+            "upstream.failures.summary",
+            forwarder=health.name,
+            failures=dict(health.failures_since_summary),
+            state=health.state.value,
+            last_error=health.last_failure_detail,
+        )
+        health.failures_since_summary.clear()
+        health.last_summary_s = now_s
+
+    def _defer(self, health: ForwarderHealth, batch: Batch, until_s: float) -> None:
+        health.deferred.add(batch)
+        self._index.schedule(batch, max(until_s, batch.due_s))
+
+    def _suspend(self, health: ForwarderHealth, until_s: float, reason: str) -> None:
+        health.state = ForwarderState.SUSPENDED
+        health.until_s = max(until_s, health.until_s)
+        health.reason = reason
+        log.warning(
+            "forwarder.suspended",
+            forwarder=health.name,
+            reason=reason,
+            until=_wall_time(health.until_s, self._clock()),
+        )
+
+    def _disable(self, health: ForwarderHealth, now_s: float, reason: str) -> None:
+        if health.state is ForwarderState.DISABLED:
+            # A failed probe: wait twice as long before the next one, up to probe_max_s.
+            health.probe_delay_s = min(health.probe_delay_s * 2, self.policy.probe_max_s)
+        else:
+            health.probe_delay_s = self.policy.probe_base_s
+
+        health.state = ForwarderState.DISABLED
+        health.probing = False
+        health.until_s = now_s + health.probe_delay_s
+        health.reason = reason
+        log.warning(
+            "forwarder.disabled",
+            forwarder=health.name,
+            reason=reason,
+            detail=health.last_failure_detail,
+            next_probe=_wall_time(health.until_s, now_s),
+        )
+
+    def _activate(self, health: ForwarderHealth, reason: str) -> None:
+        previous = health.state
+        health.state = ForwarderState.ACTIVE
+        health.probing = False
+        health.until_s = 0.0
+        health.reason = ""
+        health.probe_delay_s = self.policy.probe_base_s
+        log.info("forwarder.enabled", forwarder=health.name, previous=previous.value, reason=reason)
+
+        # Batches moved to the next probe time can go now that the forwarder works again.
+        now_s = self._clock()
+        for batch in health.deferred:
+            if batch.in_index and not batch.retired:
+                self._index.schedule(batch, now_s)
+        health.deferred.clear()
+
+
+def _ema(average: float | None, sample: float) -> float:
+    if average is None:
+        return sample
+
+    return average + EMA_WEIGHT * (sample - average)
+
+
+def _wall_time(until_s: float, now_s: float) -> str:
+    """Convert a time on the monotonic clock to an ISO 8601 UTC wall-clock time for logs."""
+    wall_s = time.time() + (until_s - now_s)
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_s))

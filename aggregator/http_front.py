@@ -1,14 +1,16 @@
-"""The client-facing HTTP endpoint: GET /announce on aiohttp."""
+"""The client-facing HTTP endpoints on aiohttp: GET /announce (BEP 3) and GET /scrape (BEP 48)."""
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
-from aggregator.announce import AnnounceLimits, parse_announce
-from aggregator.endpoints import pack_ip
+from aggregator.announce import ID_BYTES, AnnounceLimits, parse_announce
+from aggregator.client_address import ClientAddressRules
 from aggregator.errors import RequestError
-from aggregator.replies import encode_announce_reply, encode_failure
+from aggregator.query import parse_query
+from aggregator.replies import encode_announce_reply, encode_failure, encode_scrape_reply
 from aggregator.tracker import Tracker
 
 log = structlog.get_logger("aggregator.http")
@@ -22,16 +24,24 @@ CONTENT_TYPE = "text/plain"
 class AnnounceHandler:
     """Parses a client announce, runs it through the tracker and encodes the reply."""
 
-    def __init__(self, tracker: Tracker, limits: AnnounceLimits, tracker_id: bytes | None) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        limits: AnnounceLimits,
+        tracker_id: bytes | None,
+        address_rules: ClientAddressRules | None = None,
+    ) -> None:
         self._tracker = tracker
         self._limits = limits
         self._tracker_id = tracker_id
+        # Without rules, only the socket peer address counts.
+        self._address_rules = address_rules if address_rules is not None else ClientAddressRules()
         self.failures = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
             announce = parse_announce(request.rel_url.raw_query_string, self._limits)
-            packed_ip = pack_ip(_client_address(request))
+            client = self._address_rules.client_address(_peer_address(request), request.headers)
         except RequestError as error:
             self.failures += 1
             return _failure(str(error))
@@ -40,8 +50,12 @@ class AnnounceHandler:
             log.warning("http.announce.no_client_address", error=str(error))
             return _failure("internal error: the client address could not be read")
 
+        address, port = self._address_rules.announced_endpoint(client, announce)
+        if port != announce.port:
+            announce = dataclasses.replace(announce, port=port)
+
         try:
-            result = await self._tracker.announce(announce, packed_ip)
+            result = await self._tracker.announce(announce, address.packed)
         except RequestError as error:  # a denied infohash
             self.failures += 1
             return _failure(str(error))
@@ -50,7 +64,60 @@ class AnnounceHandler:
         return web.Response(body=body, content_type=CONTENT_TYPE)
 
 
-def _client_address(request: web.Request) -> str:
+class ScrapeHandler:
+    """Parses a BEP 48 scrape and returns the counts of each requested infohash.
+
+    Scrape only reads: it never creates a swarm or an upstream batch, so it costs no upstream
+    traffic. A denied infohash gets zeros, like an unknown one, and a full scrape leaves it out.
+    """
+
+    def __init__(self, tracker: Tracker, max_hashes: int, full_scrape: bool) -> None:
+        self._tracker = tracker
+        self._max_hashes = max_hashes
+        self._full_scrape = full_scrape
+        self.failures = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            info_hashes = parse_scrape(request.rel_url.raw_query_string, self._max_hashes, self._full_scrape)
+        except RequestError as error:
+            self.failures += 1
+            return _failure(str(error))
+
+        if info_hashes is None:
+            # NOTE: a full scrape encodes every local swarm in one pass on the event loop. With very
+            # many swarms it delays other requests, which is one reason it is off by default.
+            is_allowed = self._tracker.is_allowed
+            info_hashes = [info_hash for info_hash in self._tracker.swarms.info_hashes() if is_allowed(info_hash)]
+
+        counts = self._tracker.scrape(info_hashes)
+        body = encode_scrape_reply(dict(zip(info_hashes, counts)))
+
+        return web.Response(body=body, content_type=CONTENT_TYPE)
+
+
+def parse_scrape(raw_query: str, max_hashes: int, full_scrape: bool) -> list[bytes] | None:
+    """Return the info_hash values of a scrape query in request order, or None for a full scrape.
+
+    Raises RequestError for a value that is not 20 bytes, for more than `max_hashes` values, and
+    for a query without info_hash when `full_scrape` is off. Other parameters are ignored.
+    """
+    info_hashes = [value for name, value in parse_query(raw_query) if name == "info_hash"]
+    if not info_hashes:
+        if full_scrape:
+            return None
+        raise RequestError("info_hash", f"missing, expected 1 to {max_hashes} values (full scrape is off)")
+
+    if len(info_hashes) > max_hashes:
+        raise RequestError("info_hash", f"expected at most {max_hashes} values in one scrape, got {len(info_hashes)}")
+    for info_hash in info_hashes:
+        if len(info_hash) != ID_BYTES:
+            raise RequestError("info_hash", f"expected 20 bytes, got {len(info_hash)}")
+
+    return info_hashes
+
+
+def _peer_address(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     if not peer:
         raise ValueError("the connection has no peer address")
@@ -78,8 +145,10 @@ async def _no_tracebacks(
         return _failure("internal error")
 
 
-def build_app(handler: AnnounceHandler) -> web.Application:
+def build_app(handler: AnnounceHandler, scrape_handler: ScrapeHandler | None = None) -> web.Application:
     app = web.Application(middlewares=[_no_tracebacks])
     app.router.add_get("/announce", handler.handle)
+    if scrape_handler is not None:
+        app.router.add_get("/scrape", scrape_handler.handle)
 
     return app

@@ -81,6 +81,9 @@ class PeerCache:
     def get(self, info_hash: bytes) -> CachedTorrent | None:
         return self._torrents.get(info_hash)
 
+    def items(self) -> list[tuple[bytes, CachedTorrent]]:
+        return list(self._torrents.items())
+
     def store(
         self,
         info_hash: bytes,
@@ -90,8 +93,9 @@ class PeerCache:
         incomplete: int,
         downloaded: int,
         now_s: float,
+        expires_s: float | None = None,
     ) -> None:
-        """Replace what one forwarder reported for one infohash."""
+        """Replace what one forwarder reported for one infohash; by default it expires after the TTL."""
         torrent = self._torrents.get(info_hash)
         if torrent is None:
             torrent = CachedTorrent()
@@ -99,7 +103,9 @@ class PeerCache:
         else:
             self._torrents.move_to_end(info_hash)
 
-        torrent.entries[forwarder_index] = _Entry(endpoints, complete, incomplete, downloaded, now_s + self._ttl_s)
+        if expires_s is None:
+            expires_s = now_s + self._ttl_s
+        torrent.entries[forwarder_index] = _Entry(endpoints, complete, incomplete, downloaded, expires_s)
         torrent.invalidate()
 
     def expire(self, now_s: float) -> int:

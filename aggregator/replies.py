@@ -1,10 +1,11 @@
-"""Bencoded tracker replies for HTTP clients (BEP 3, BEP 23 compact, BEP 7 peers6)."""
+"""Bencoded tracker replies for HTTP clients (BEP 3, BEP 23 compact, BEP 7 peers6, BEP 48 scrape)."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from aggregator import bencoding
 from aggregator.endpoints import IPV4_ENDPOINT_BYTES, endpoint_ip_text, endpoint_port
-from aggregator.tracker import AnnounceResult
+from aggregator.tracker import AnnounceResult, ScrapeCounts
 
 
 def encode_announce_reply(
@@ -38,6 +39,20 @@ def encode_announce_reply(
         reply[b"peers"] = peers
 
     return bencoding.encode(reply)
+
+
+def encode_scrape_reply(files: Mapping[bytes, ScrapeCounts]) -> bytes:
+    """Encode a BEP 48 scrape reply: `files` maps each raw 20-byte infohash to its three counts.
+
+    The keys stay raw bytes. Decoding them as text and encoding the text as UTF-8 would turn
+    every byte of 0x80 and above into two bytes, and clients would no longer find their hash.
+    """
+    entries = {
+        info_hash: {b"complete": counts.complete, b"downloaded": counts.downloaded, b"incomplete": counts.incomplete}
+        for info_hash, counts in files.items()
+    }
+
+    return bencoding.encode({b"files": entries})
 
 
 def encode_failure(reason: str, interval: int) -> bytes:

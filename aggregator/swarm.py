@@ -146,6 +146,10 @@ class SwarmRegistry:
     def get(self, info_hash: bytes) -> Swarm | None:
         return self._swarms.get(info_hash)
 
+    def info_hashes(self) -> list[bytes]:
+        """Return the infohash of every local swarm (a copy, so callers may await while using it)."""
+        return list(self._swarms)
+
     def announce(
         self, info_hash: bytes, endpoint: bytes, peer_id: bytes, left: int | None, now_s: float
     ) -> tuple[Swarm, bool]:
@@ -164,6 +168,20 @@ class SwarmRegistry:
         self.peer_count += len(swarm) - before
 
         return swarm, created
+
+    def restore_peer(
+        self, info_hash: bytes, endpoint: bytes, peer_id: bytes, is_seeder: bool, last_seen_s: float
+    ) -> None:
+        """Add a peer from a snapshot with its original last-seen time; call oldest first."""
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            swarm = Swarm()
+            self._swarms[info_hash] = swarm
+            self._file(info_hash, swarm, last_seen_s + self._peer_ttl_s)
+
+        before = len(swarm)
+        swarm.upsert(endpoint, peer_id, 0 if is_seeder else None, last_seen_s)
+        self.peer_count += len(swarm) - before
 
     def remove_peer(self, info_hash: bytes, endpoint: bytes) -> None:
         """Remove a peer that sent `stopped`; drop its swarm if that was the last peer."""

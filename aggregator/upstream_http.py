@@ -1,10 +1,12 @@
 """HTTP(S) upstream announces over one shared aiohttp client session."""
 
 import asyncio
+import email.utils
 import hashlib
 import hmac
 import os
 import re
+import time
 from dataclasses import dataclass
 from urllib.parse import quote_from_bytes
 
@@ -65,14 +67,23 @@ class HttpTarget:
 
 
 class HttpUpstream:
-    """Sends announces to HTTP(S) trackers and parses their replies."""
+    """Sends announces to HTTP(S) trackers and parses their replies.
+
+    Certificates are verified (aiohttp's default). One redirect is followed, and only to the same
+    scheme and host name, because a tracker that moved elsewhere must be reconfigured by a person.
+    """
 
     def __init__(
-        self, session: aiohttp.ClientSession, identity: UpstreamIdentity, timeout_s: float, max_body_bytes: int
+        self,
+        session: aiohttp.ClientSession,
+        identity: UpstreamIdentity,
+        timeout_s: float,
+        max_body_bytes: int,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self._session = session
         self._identity = identity
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._max_body_bytes = max_body_bytes
 
     def build_url(self, target: HttpTarget, announce: UpstreamAnnounce) -> str:
@@ -105,19 +116,35 @@ class HttpUpstream:
         headers = {"Host": target.host} if target.host else None
 
         try:
-            async with self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
-            ) as response:
-                if response.status != 200:
-                    raise UpstreamFailure(FailureKind.HTTP_STATUS, f"HTTP {response.status} {response.reason}")
-
-                body = await self._read_body(response)
+            body = await self._fetch(url, headers, redirects_left=1)
         except asyncio.TimeoutError:
             raise UpstreamFailure(FailureKind.TIMEOUT, f"no reply within {self._timeout.total} s") from None
+        except aiohttp.ClientConnectorDNSError as error:
+            raise UpstreamFailure(FailureKind.DNS, str(error)) from None
+        except aiohttp.ClientConnectorError as error:
+            kind = FailureKind.REFUSED if isinstance(error.os_error, ConnectionRefusedError) else FailureKind.CONNECTION
+            raise UpstreamFailure(kind, str(error)) from None
         except (aiohttp.ClientError, OSError) as error:
             raise UpstreamFailure(FailureKind.CONNECTION, f"{type(error).__name__}: {error}") from None
 
         return parse_announce_reply(body)
+
+    async def _fetch(self, url: URL, headers: dict[str, str] | None, redirects_left: int) -> bytes:
+        async with self._session.get(url, headers=headers, timeout=self._timeout, allow_redirects=False) as response:
+            if response.status == 200:
+                return await self._read_body(response)
+
+            location = response.headers.get("Location")
+            if response.status in _REDIRECT_STATUSES and location is not None:
+                next_url = url.join(URL(location))
+                if redirects_left > 0 and _same_origin_host(url, next_url):
+                    return await self._fetch(next_url, headers, redirects_left - 1)
+
+                raise UpstreamFailure(
+                    FailureKind.CLIENT_ERROR, f"HTTP {response.status} redirect to {next_url.host} not followed"
+                )
+
+            raise _status_failure(response)
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         """Read the (already decompressed) body, failing once it passes the size cap."""
@@ -133,3 +160,47 @@ class HttpUpstream:
                 raise UpstreamFailure(FailureKind.BODY_TOO_LARGE, f"body passed {self._max_body_bytes} bytes")
 
         return bytes(body)
+
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# A Retry-After further away than this is treated as this long: no upstream is skipped for days.
+MAX_RETRY_AFTER_S = 86400.0
+
+
+def _same_origin_host(current: URL, following: URL) -> bool:
+    """Allow a redirect only to the same scheme and host name; the port may change."""
+    return following.scheme == current.scheme and (following.host or "").lower() == (current.host or "").lower()
+
+
+def _status_failure(response: aiohttp.ClientResponse) -> UpstreamFailure:
+    status = response.status
+    detail = f"HTTP {status} {response.reason or ''}".rstrip()
+    if status in (429, 503):
+        return UpstreamFailure(
+            FailureKind.RATE_LIMITED, detail, retry_after_s=parse_retry_after(response.headers.get("Retry-After"))
+        )
+    if status >= 500:
+        return UpstreamFailure(FailureKind.SERVER_ERROR, detail)
+
+    return UpstreamFailure(FailureKind.CLIENT_ERROR, detail)
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """Parse Retry-After (RFC 9110): delay seconds or an HTTP date; None when absent or invalid."""
+    if value is None:
+        return None
+
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_S)
+
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+
+    wall_now_s = time.time() if now_s is None else now_s
+
+    return min(max(moment.timestamp() - wall_now_s, 0.0), MAX_RETRY_AFTER_S)

@@ -16,25 +16,37 @@ DEFAULT_INTERVAL_S = 1800
 
 
 class FailureKind(enum.Enum):
-    """Kind of upstream announce failure, logged and used to choose the next step."""
+    """Kind of upstream announce failure; docs/upstream.md lists what each one leads to."""
 
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    HTTP_STATUS = "http_status"
+    TIMEOUT = "timeout"  # no reply in upstream_timeout_s (HTTP) or after every UDP try
+    CONNECTION = "connection"  # reset, closed or broken connection after it was established
+    REFUSED = "refused"  # TCP connection refused, or ICMP port unreachable for UDP
+    DNS = "dns"  # the host name does not resolve
+    SERVER_ERROR = "server_error"  # HTTP 5xx other than 503
+    RATE_LIMITED = "rate_limited"  # HTTP 429 or 503, with or without Retry-After
+    CLIENT_ERROR = "client_error"  # HTTP 4xx other than 429, or a redirect that is not followed
     BODY_TOO_LARGE = "body_too_large"
     NOT_A_TRACKER = "not_a_tracker"  # the body is not bencode or not a dictionary (HTML, truncated)
-    TRACKER_FAILURE = "tracker_failure"  # a bencoded `failure reason`
+    BAD_REPLY = "bad_reply"  # a UDP reply that is too short or has the wrong action
+    TRACKER_FAILURE = "tracker_failure"  # a bencoded `failure reason` or a UDP error packet
     INTERNAL = "internal"  # a bug in the aggregator, logged with its traceback
 
 
 class UpstreamFailure(AggregatorError):
     """An upstream announce that brought no usable reply."""
 
-    def __init__(self, kind: FailureKind, detail: str, retry_in_min: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: FailureKind,
+        detail: str,
+        retry_in_min: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(f"{kind.value}: {detail}")
         self.kind = kind
         self.detail = detail
         self.retry_in_min = retry_in_min  # BEP 31 `retry in`, minutes; -1 means "never"
+        self.retry_after_s = retry_after_s  # from an HTTP Retry-After header, in seconds from now
 
 
 @dataclass(frozen=True, slots=True)

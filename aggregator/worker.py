@@ -1,17 +1,21 @@
 """The upstream work of one batch: announce, store the peers, reschedule."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
 from aggregator.batch import Batch, UpstreamEvent
 from aggregator.batch_table import BatchTable
-from aggregator.forwarder import ForwarderStats
+from aggregator.faults import Verdict, classify, pair_defer_s
+from aggregator.forwarder import ForwarderRegistry
 from aggregator.peer_cache import PeerCache
-from aggregator.upstream_http import HttpTarget, HttpUpstream, UpstreamAnnounce
-from aggregator.upstream_reply import FailureKind, UpstreamFailure
+from aggregator.upstream_http import UpstreamAnnounce
+from aggregator.upstream_reply import FailureKind, UpstreamFailure, UpstreamReply
 
 log = structlog.get_logger("aggregator.upstream")
+
+# Sends one announce to one forwarder: HttpUpstream.announce or UdpUpstream.announce bound to a target.
+SendAnnounce = Callable[[UpstreamAnnounce], Awaitable[UpstreamReply]]
 
 
 class UpstreamWorker:
@@ -21,18 +25,16 @@ class UpstreamWorker:
         self,
         table: BatchTable,
         cache: PeerCache,
-        targets: Sequence[HttpTarget],
-        stats: Sequence[ForwarderStats],
-        http: HttpUpstream,
+        senders: Sequence[SendAnnounce],
+        registry: ForwarderRegistry,
         numwant: int,
         upstream_port: int | None,
         clock: Callable[[], float],
     ) -> None:
         self._table = table
         self._cache = cache
-        self._targets = targets
-        self.stats = stats
-        self._http = http
+        self._senders = senders
+        self.registry = registry
         self._numwant = numwant
         self._upstream_port = upstream_port
         self._clock = clock
@@ -40,11 +42,15 @@ class UpstreamWorker:
         self.failed = 0
 
     async def run_batch(self, batch: Batch) -> None:
-        if batch.retired:
-            return
+        """Announce one admitted batch; the registry's in-flight slot is released in every case."""
+        try:
+            if not batch.retired:
+                await self._announce(batch)
+        finally:
+            self.registry.release(batch.forwarder_index)
 
+    async def _announce(self, batch: Batch) -> None:
         torrent = batch.torrent
-        stats = self.stats[batch.forwarder_index]
         sent_event = self._table.start_announce(batch)
         announce = UpstreamAnnounce(
             info_hash=torrent.info_hash,
@@ -55,41 +61,34 @@ class UpstreamWorker:
             tracker_id=batch.tracker_id,
         )
 
+        started_s = self._clock()
         try:
-            reply = await self._http.announce(self._targets[batch.forwarder_index], announce)
+            reply = await self._senders[batch.forwarder_index](announce)
         except UpstreamFailure as failure:
-            self.failed += 1
-            stats.record_failure(failure.kind, self._clock())
-            log.info(
-                "upstream.announce.failed",
-                forwarder=stats.name,
-                info_hash=torrent.info_hash.hex(),
-                bt_event=sent_event.value or "none",
-                kind=failure.kind.value,
-                error=failure.detail,
-                failures=batch.failures + 1,
-            )
-            self._table.after_failure(batch, sent_event, self._clock())
+            self._on_failure(batch, sent_event, failure)
             return
         except Exception:
             # A bug, not an upstream fault: log it and keep the batch scheduled rather than lose it.
-            self.failed += 1
-            stats.record_failure(FailureKind.INTERNAL, self._clock())
             log.exception(
                 "upstream.announce.crashed",
-                forwarder=stats.name,
+                forwarder=self.registry[batch.forwarder_index].name,
                 info_hash=torrent.info_hash.hex(),
             )
-            self._table.after_failure(batch, sent_event, self._clock())
+            self._on_failure(batch, sent_event, UpstreamFailure(FailureKind.INTERNAL, "unexpected exception"))
             return
 
-        self.succeeded += 1
-        stats.record_success()
         now_s = self._clock()
+        self.succeeded += 1
+        self.registry.record_success(batch.forwarder_index, now_s - started_s, reply.interval_s)
         if reply.tracker_id is not None:
             batch.tracker_id = reply.tracker_id
         if reply.warning is not None:
-            log.debug("upstream.announce.warning", forwarder=stats.name, warning=reply.warning)
+            log.debug(
+                "upstream.announce.warning",
+                forwarder=self.registry[batch.forwarder_index].name,
+                info_hash=torrent.info_hash.hex(),
+                warning=reply.warning,
+            )
 
         # Store before after_success: it may end the first-round wait of client announces.
         if sent_event is not UpstreamEvent.STOPPED:
@@ -106,3 +105,36 @@ class UpstreamWorker:
         self._table.after_success(
             batch, sent_event, reply.interval_s, reply.min_interval_s, len(reply.endpoints), now_s
         )
+
+    def _on_failure(self, batch: Batch, sent_event: UpstreamEvent, failure: UpstreamFailure) -> None:
+        """Apply the verdict of a failure to the forwarder and to the batch (see aggregator/faults.py)."""
+        now_s = self._clock()
+        self.failed += 1
+        verdict = classify(failure)
+        health = self.registry[batch.forwarder_index]
+        log.debug(
+            "upstream.announce.failed",
+            forwarder=health.name,
+            info_hash=batch.info_hash.hex(),
+            bt_event=sent_event.value or "none",
+            kind=failure.kind.value,
+            verdict=verdict.value,
+            error=failure.detail,
+            failures=batch.failures + 1,
+        )
+
+        forwarder_retry_s = self.registry.record_failure(
+            batch.forwarder_index, verdict, failure.kind, failure.detail, now_s, failure.retry_after_s
+        )
+        if verdict is Verdict.STOP_PAIR:
+            log.info("upstream.pair.stopped", forwarder=health.name, info_hash=batch.info_hash.hex())
+            self._table.stop_pair(batch)
+            return
+
+        retry_at_s = forwarder_retry_s
+        if verdict is Verdict.DEFER_PAIR:
+            retry_at_s = now_s + pair_defer_s(failure)
+
+        self._table.after_failure(batch, sent_event, now_s, retry_at_s)
+        if forwarder_retry_s is not None and batch.in_index:
+            health.deferred.add(batch)  # pulled forward if the forwarder recovers earlier

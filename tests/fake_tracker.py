@@ -43,7 +43,7 @@ class FakeTracker:
         app.router.add_get("/announce", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)  # port 0 lets the OS choose
         await site.start()
         server = site._server
         assert server is not None

@@ -1,10 +1,11 @@
 """Fixtures and helpers that drive real programs on the loopback interface.
 
-The programs are Debian's opentracker, aria2c and mktorrent, plus the aggregator
-service started as `python -m aggregator`. Every server started here listens on
-127.0.0.1, every request goes there, and every process is stopped by its pid at
-teardown. Each process keeps its output in files under the test's tmp_path, and
-failure messages include that output.
+The programs are Debian's opentracker, aria2c and mktorrent, the webtorrent
+bittorrent-tracker (an npm package run by node), plus the aggregator service
+started as `python -m aggregator`. Every server started here listens on
+127.0.0.1 (bittorrent-tracker also on ::1), every request goes there, and every
+process is stopped by its pid at teardown. Each process keeps its output in
+files under the test's tmp_path, and failure messages include that output.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import queue
 import sys
 import threading
 import time
@@ -36,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
 # Debian package that ships each executable, named in the message when it is missing.
-DEBIAN_PACKAGES = {"opentracker": "opentracker", "aria2c": "aria2", "mktorrent": "mktorrent"}
+DEBIAN_PACKAGES = {"opentracker": "opentracker", "aria2c": "aria2", "mktorrent": "mktorrent", "node": "nodejs"}
 
 STARTUP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 10.0
@@ -283,15 +285,12 @@ def _get_bencoded(url: str, timeout_s: float) -> dict[bytes, Any]:
 # ---------------------------------------------------------------- opentracker
 
 
-def _listening_tcp_ports(pid: int) -> list[int]:
-    """Return the TCP ports that process `pid` listens on, read from /proc (Linux only).
-
-    Returns an empty list while the process has no listening socket or after it exited.
-    """
+def _socket_inodes(pid: int) -> set[str]:
+    """Return the inodes of the sockets that process `pid` has open, empty after it exited."""
     try:
         fd_entries = list(Path(f"/proc/{pid}/fd").iterdir())
     except FileNotFoundError:
-        return []
+        return set()
     socket_inodes = set()
     for entry in fd_entries:
         try:
@@ -300,7 +299,15 @@ def _listening_tcp_ports(pid: int) -> list[int]:
             continue
         if target.startswith("socket:["):
             socket_inodes.add(target[len("socket:[") : -1])
+    return socket_inodes
 
+
+def _listening_tcp_ports(pid: int) -> list[int]:
+    """Return the TCP ports that process `pid` listens on, read from /proc (Linux only).
+
+    Returns an empty list while the process has no listening socket or after it exited.
+    """
+    socket_inodes = _socket_inodes(pid)
     ports = []
     for table in ("tcp", "tcp6"):
         try:
@@ -316,8 +323,26 @@ def _listening_tcp_ports(pid: int) -> list[int]:
     return ports
 
 
+def _bound_udp_ports(pid: int) -> list[int]:
+    """Return the local ports of the UDP sockets of process `pid`, read from /proc (Linux only)."""
+    socket_inodes = _socket_inodes(pid)
+    ports = []
+    for table in ("udp", "udp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[9] in socket_inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 class OpenTracker:
     """Debian's opentracker on 127.0.0.1 at a port the OS picks, serving only the infohashes passed to `allow`.
+
+    It serves HTTP on `port` and UDP (BEP 15) on `udp_port`, two ports the OS picks.
 
     Debian builds opentracker with a whitelist, so an announce for any other
     infohash gets a `failure reason`. Started as root, opentracker chroots to
@@ -334,6 +359,7 @@ class OpenTracker:
         self.whitelist_path = workdir / "whitelist.txt"
         self._process: ManagedProcess | None = None
         self.port = 0
+        self.udp_port = 0
 
     def start(self) -> None:
         executable = require_tool("opentracker")
@@ -343,6 +369,7 @@ class OpenTracker:
         self.whitelist_path.write_text("# infohashes allowed by the tests, one per line\n")
         self.config_path.write_text(
             f"listen.tcp {LOOPBACK}:0\n"
+            f"listen.udp {LOOPBACK}:0\n"
             f"tracker.rootdir {self.workdir}\n"
             "access.whitelist whitelist.txt\n"
             f"access.stats {LOOPBACK}\n"
@@ -357,6 +384,15 @@ class OpenTracker:
         )
         assert len(ports) == 1, f"opentracker listens on {ports}, expected exactly one TCP port"
         self.port = ports[0]
+
+        udp_ports = wait_until(
+            lambda: _bound_udp_ports(self.pid),
+            STARTUP_TIMEOUT_S,
+            "opentracker to bind a UDP port",
+            watched=[self.process],
+        )
+        assert len(udp_ports) == 1, f"opentracker bound UDP ports {udp_ports}, expected exactly one"
+        self.udp_port = udp_ports[0]
 
     @property
     def process(self) -> ManagedProcess:
@@ -374,6 +410,10 @@ class OpenTracker:
     @property
     def announce_url(self) -> str:
         return f"{self.base_url}/announce"
+
+    @property
+    def udp_announce_url(self) -> str:
+        return f"udp://{LOOPBACK}:{self.udp_port}/announce"
 
     def allow(self, infohash: bytes) -> None:
         """Add `infohash` to the whitelist and return once opentracker accepts announces for it.
@@ -433,6 +473,17 @@ class OpenTracker:
         assert counter is not None and counter.text is not None, f"no connections/tcp/announce in stats: {body[:300]!r}"
         return int(counter.text)
 
+    def udp_counters(self) -> dict[str, int]:
+        """Return opentracker's UDP counters since it started: overall, connect, announce, scrape and missmatch.
+
+        `missmatch` counts the requests whose connection id opentracker rejected, each answered
+        with the error "Connection ID missmatch.".
+        """
+        body = _get_bytes(f"{self.base_url}/stats?mode=everything", HTTP_TIMEOUT_S)
+        section = ElementTree.fromstring(body).find("connections/udp")
+        assert section is not None, f"no connections/udp in stats: {body[:300]!r}"
+        return {child.tag: int(child.text or "0") for child in section}
+
     def wait_for_seeders(
         self, infohash: bytes, count: int = 1, *, watched: Sequence[ManagedProcess] = ()
     ) -> None:
@@ -457,6 +508,103 @@ def opentracker(tmp_path: Path) -> Iterator[OpenTracker]:
     tracker = OpenTracker(new_workdir(tmp_path, "opentracker"))
     try:
         tracker.start()
+        yield tracker
+    finally:
+        tracker.stop()
+
+
+# ---------------------------------------------------------------- webtorrent bittorrent-tracker
+
+WEBTORRENT_DIR = REPO_ROOT / "tests" / "webtorrent"
+WEBTORRENT_INSTALL = "npm ci --prefix tests/webtorrent --ignore-scripts"
+
+
+def require_webtorrent_package() -> None:
+    """Skip the test when the bittorrent-tracker npm package is not installed; fail instead with CI=true."""
+    if (WEBTORRENT_DIR / "node_modules" / "bittorrent-tracker" / "package.json").is_file():
+        return
+    message = f"npm package bittorrent-tracker not found under {WEBTORRENT_DIR}; install it with: {WEBTORRENT_INSTALL}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class WebtorrentTracker(ManagedProcess):
+    """The webtorrent bittorrent-tracker server, run by tests/webtorrent/server.mjs.
+
+    It serves HTTP and UDP on 127.0.0.1 and UDP on ::1, three ports the OS picks, and
+    accepts every infohash. The script prints the ports as one JSON line on stdout, which
+    a background thread reads and copies to `stdout_path`. The behavior relied on here
+    was checked against bittorrent-tracker 11.2.3.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        executable = require_tool("node")
+        self.http_port = 0
+        self.udp_port = 0
+        self.udp6_port = 0
+        self._first_line: queue.Queue[str] = queue.Queue(maxsize=1)
+        super().__init__(
+            "bittorrent-tracker", [executable, str(WEBTORRENT_DIR / "server.mjs")], workdir, capture_stdout=True
+        )
+        self._reader = threading.Thread(target=self._copy_stdout, name="bittorrent-tracker-stdout", daemon=True)
+        self._reader.start()
+
+    def _copy_stdout(self) -> None:
+        assert self.popen.stdout is not None
+        first = True
+        with self.stdout_path.open("wb") as copy:
+            for raw_line in self.popen.stdout:
+                copy.write(raw_line)
+                copy.flush()
+                if first:
+                    self._first_line.put(raw_line.decode(errors="replace"))
+                    first = False
+        if first:
+            self._first_line.put("")  # stdout closed before the first line
+
+    def wait_for_ports(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Read the ports from the first stdout line; fail the test if none arrives within `timeout_s`."""
+        try:
+            line = self._first_line.get(timeout=timeout_s)
+        except queue.Empty:
+            pytest.fail(f"timed out after {timeout_s:.1f} s waiting for bittorrent-tracker's ports\n{self.describe()}")
+        try:
+            ports = json.loads(line)
+        except ValueError:
+            self.poll()
+            pytest.fail(f"bittorrent-tracker printed {line!r} instead of its ports as JSON\n{self.describe()}")
+        self.http_port = int(ports["http"])
+        self.udp_port = int(ports["udp"])
+        self.udp6_port = int(ports["udp6"])
+
+    @property
+    def http_announce_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}/announce"
+
+    @property
+    def udp_announce_url(self) -> str:
+        return f"udp://{LOOPBACK}:{self.udp_port}/announce"
+
+    @property
+    def udp6_announce_url(self) -> str:
+        return f"udp://[::1]:{self.udp6_port}/announce"
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        super().stop(timeout_s)
+        self._reader.join(timeout_s)
+        if self.popen.stdout is not None and not self._reader.is_alive():
+            self.popen.stdout.close()
+
+
+@pytest.fixture
+def webtorrent_tracker(tmp_path: Path) -> Iterator[WebtorrentTracker]:
+    """A running webtorrent bittorrent-tracker, stopped at teardown."""
+    require_tool("node")
+    require_webtorrent_package()
+    tracker = WebtorrentTracker(new_workdir(tmp_path, "bittorrent-tracker"))
+    try:
+        tracker.wait_for_ports()
         yield tracker
     finally:
         tracker.stop()
@@ -642,13 +790,15 @@ class Aria2:
         timeout_s: float,
         tracker_interval_s: int | None = None,
         watched: Sequence[ManagedProcess] = (),
+        extra_flags: Sequence[str] = (),
     ) -> LeecherResult:
         """Download `torrent` with aria2c from the trackers in `torrent_path`, and wait for aria2c to exit.
 
         Fails the test if aria2c runs longer than `timeout_s` or exits with an error.
         The message includes the output of the leecher and of every process in `watched`.
         `tracker_interval_s` makes aria2c re-announce at that fixed interval instead
-        of the one the tracker sends.
+        of the one the tracker sends. `extra_flags` follow the common flags, and where
+        both set one option, aria2c 1.36 uses the later value.
         """
         executable = require_tool("aria2c")
         workdir = new_workdir(self._tmp_path, "leecher")
@@ -667,6 +817,7 @@ class Aria2:
         ]
         if tracker_interval_s is not None:
             argv.append(f"--bt-tracker-interval={tracker_interval_s}")
+        argv.extend(extra_flags)
         argv.append(str(torrent_path))
 
         started = time.monotonic()

@@ -163,8 +163,8 @@ async def test_failed_upstream_gives_short_interval() -> None:
             assert reply[b"interval"] == 45
             assert reply[b"min interval"] == 45
             assert service.worker.failed == 1
-            assert service.worker.stats[0].failed == 1
-            assert service.worker.stats[0].last_failure_kind is FailureKind.HTTP_STATUS
+            assert service.registry[0].failed == 1
+            assert service.registry[0].last_failure_kind is FailureKind.SERVER_ERROR
             batch = service.table.get(INFO_HASH).batches[0]  # type: ignore[union-attr]
             assert batch.failures == 1
             assert batch.in_index

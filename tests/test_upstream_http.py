@@ -1,6 +1,7 @@
 """Tests for HTTP upstream announces (aggregator.upstream_http) against FakeTracker on 127.0.0.1."""
 
 import asyncio
+import email.utils
 import gzip
 import re
 import socket
@@ -22,6 +23,7 @@ from aggregator.upstream_http import (
     UpstreamAnnounce,
     UpstreamIdentity,
     azureus_prefix,
+    parse_retry_after,
 )
 from aggregator.upstream_reply import FailureKind, UpstreamFailure, UpstreamReply
 from tests.fake_tracker import FakeTracker, compact_peer
@@ -244,23 +246,84 @@ async def test_http_tracker_failure(tracker: FakeTracker, session: aiohttp.Clien
     assert failure.retry_in_min == -1
 
 
-@pytest.mark.parametrize("status", [404, 500, 503])
-async def test_http_status_error(tracker: FakeTracker, session: aiohttp.ClientSession, status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (404, FailureKind.CLIENT_ERROR),
+        (403, FailureKind.CLIENT_ERROR),
+        (500, FailureKind.SERVER_ERROR),
+        (502, FailureKind.SERVER_ERROR),
+        (503, FailureKind.RATE_LIMITED),
+        (429, FailureKind.RATE_LIMITED),
+    ],
+)
+async def test_http_status_error(
+    tracker: FakeTracker, session: aiohttp.ClientSession, status: int, kind: FailureKind
+) -> None:
     tracker.reply = lambda recorded: web.Response(status=status, body=bencode2.bencode({b"interval": 900}))
 
     failure = await announce_failure(make_upstream(session), target_for(tracker))
 
-    assert failure.kind is FailureKind.HTTP_STATUS
+    assert failure.kind is kind
     assert str(status) in failure.detail
+    assert failure.retry_after_s is None
 
 
-async def test_http_redirect_not_followed(tracker: FakeTracker, session: aiohttp.ClientSession) -> None:
+async def test_http_retry_after_seconds(tracker: FakeTracker, session: aiohttp.ClientSession) -> None:
+    tracker.reply = lambda recorded: web.Response(status=429, headers={"Retry-After": "120"})
+
+    failure = await announce_failure(make_upstream(session), target_for(tracker))
+
+    assert failure.kind is FailureKind.RATE_LIMITED
+    assert failure.retry_after_s == 120.0
+
+
+def test_retry_after_http_date() -> None:
+    now_s = 1_800_000_000.0
+    date = email.utils.formatdate(now_s + 90, usegmt=True)
+
+    assert parse_retry_after(date, now_s=now_s) == pytest.approx(90.0)
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("999999999") == 86400.0
+
+
+async def test_http_redirect_loop_stops(tracker: FakeTracker, session: aiohttp.ClientSession) -> None:
     tracker.reply = lambda recorded: web.Response(status=302, headers={"Location": "/announce"})
 
     failure = await announce_failure(make_upstream(session), target_for(tracker))
 
-    assert failure.kind is FailureKind.HTTP_STATUS
+    assert failure.kind is FailureKind.CLIENT_ERROR
     assert "302" in failure.detail
+    assert len(tracker.announces) == 2
+
+
+async def test_http_redirect_other_port_followed(tracker: FakeTracker, session: aiohttp.ClientSession) -> None:
+    moved = FakeTracker(reply={b"interval": 900, b"peers": compact_peer("192.0.2.7", 6881)})
+    await moved.start()
+    try:
+        tracker.reply = lambda recorded: web.Response(
+            status=301, headers={"Location": f"{moved.announce_url}?{recorded.raw_query}"}
+        )
+
+        reply = await make_upstream(session).announce(target_for(tracker), make_announce(TRICKY_HASH))
+
+        assert reply.endpoints == [compact_peer("192.0.2.7", 6881)]
+        assert moved.announces[0].fields["info_hash"] == TRICKY_HASH
+    finally:
+        await moved.stop()
+
+
+async def test_http_redirect_other_host_rejected(tracker: FakeTracker, session: aiohttp.ClientSession) -> None:
+    # "localhost" is another host name than "127.0.0.1", even though both reach this machine.
+    tracker.reply = lambda recorded: web.Response(
+        status=302, headers={"Location": f"http://localhost:{tracker.port}/announce"}
+    )
+
+    failure = await announce_failure(make_upstream(session), target_for(tracker))
+
+    assert failure.kind is FailureKind.CLIENT_ERROR
+    assert "not followed" in failure.detail
     assert len(tracker.announces) == 1
 
 
@@ -370,7 +433,7 @@ async def test_http_closed_port(session: aiohttp.ClientSession) -> None:
 
     failure = await announce_failure(make_upstream(session), target)
 
-    assert failure.kind is FailureKind.CONNECTION
+    assert failure.kind is FailureKind.REFUSED
 
 
 async def test_http_connection_dropped(tracker: FakeTracker, session: aiohttp.ClientSession) -> None:

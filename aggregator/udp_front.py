@@ -1,0 +1,321 @@
+"""The client-facing UDP tracker (BEP 15): connect, announce and scrape, over IPv4 and IPv6.
+
+Announces go through the same Tracker as HTTP announces, so both transports share swarms,
+upstream batches and the first-announce wait.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import structlog
+
+from aggregator.announce import AnnounceLimits
+from aggregator.config import ListenAddress
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, pack_ip
+from aggregator.errors import RequestError
+from aggregator.tracker import AnnounceResult, Tracker
+from aggregator.udp_codec import (
+    Action,
+    ScrapeEntry,
+    UdpAnnounce,
+    UdpPacketError,
+    build_announce_reply,
+    build_connect_reply,
+    build_error_reply,
+    build_scrape_reply,
+    parse_announce,
+    parse_connect,
+    parse_header,
+    parse_scrape,
+)
+
+log = structlog.get_logger("aggregator.udp")
+
+CONNECTION_ID_BUCKET_S = 60.0
+# BEP 15: trackers should accept a connection id until two minutes after sending it. An id issued
+# at the end of a bucket must outlive the two buckets after it, so the current bucket and the two
+# before it are accepted, and an id stays valid for 120 to 180 seconds.
+ACCEPTED_BUCKETS = 3
+CONNECTION_ID_BYTES = 8
+
+EXPIRED_CONNECTION_ID_MESSAGE = "connection id expired"
+
+_ID_INPUT_SUFFIX = struct.Struct("!Hq")  # client port, time bucket
+
+Address = tuple[str | Any, int]  # (host, port), or (host, port, flowinfo, scope_id) over IPv6
+
+
+class ConnectionIds:
+    """Derives connection ids from the client address and a time bucket, so nothing is stored per client.
+
+    An id is the first 8 bytes of HMAC-SHA256 over (client IP, client port, bucket), keyed with a
+    secret drawn at start. A client cannot compute the id of an address whose packets it does not
+    receive, and ids become invalid when the process restarts.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, secret: bytes | None = None) -> None:
+        self._clock = clock
+        self._secret = secret if secret is not None else os.urandom(32)
+
+    def issue(self, packed_ip: bytes, port: int) -> int:
+        return int.from_bytes(self._derive(packed_ip, port, self._bucket()), "big")
+
+    def is_valid(self, connection_id: int, packed_ip: bytes, port: int) -> bool:
+        """Check the id against the current bucket and the ACCEPTED_BUCKETS - 1 buckets before it."""
+        received = connection_id.to_bytes(CONNECTION_ID_BYTES, "big")
+        current = self._bucket()
+        matched = False
+        for bucket in range(current - ACCEPTED_BUCKETS + 1, current + 1):
+            # Check every bucket, so the time taken does not tell which one matched.
+            matched |= hmac.compare_digest(received, self._derive(packed_ip, port, bucket))
+
+        return matched
+
+    def _bucket(self) -> int:
+        return int(self._clock() // CONNECTION_ID_BUCKET_S)
+
+    def _derive(self, packed_ip: bytes, port: int, bucket: int) -> bytes:
+        message = packed_ip + _ID_INPUT_SUFFIX.pack(port, bucket)
+
+        return hmac.digest(self._secret, message, hashlib.sha256)[:CONNECTION_ID_BYTES]
+
+
+class UdpTracker:
+    """Replies to BEP 15 requests on every UDP socket of the service, and counts packets by outcome.
+
+    Before a client has shown a valid connection id, no reply is longer than its request, so a
+    spoofed source address cannot turn the tracker into an amplifier.
+    """
+
+    def __init__(self, tracker: Tracker, limits: AnnounceLimits, connection_ids: ConnectionIds) -> None:
+        self._tracker = tracker
+        self._limits = limits
+        self._connection_ids = connection_ids
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._announce_tasks: set[asyncio.Task[None]] = set()
+
+        # Packets by outcome, as plain counters that a metrics export can read.
+        self.connect_replies = 0
+        self.announce_replies = 0
+        self.scrape_replies = 0
+        self.expired_connection_ids = 0  # announce or scrape with an unknown or expired connection id
+        self.invalid_requests = 0  # bad protocol id, unknown action or an invalid field
+        self.denied_announces = 0  # infohash rejected by the access lists
+        self.internal_errors = 0
+        self.dropped_packets = 0  # no transaction id (under 16 bytes) or no readable source address
+        self.send_failures = 0
+
+    async def listen(self, address: ListenAddress) -> tuple[str, int]:
+        """Bind a UDP socket on `address`, serve it, and return the bound host and port."""
+        sock = bind_udp_socket(address)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpTrackerProtocol(self), sock=sock)
+        self._transports.append(transport)
+        host, port = sock.getsockname()[:2]
+
+        return host, port
+
+    async def close(self) -> None:
+        """Close every socket and cancel the announces that still wait for upstream replies."""
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
+        tasks = list(self._announce_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def handle_datagram(self, transport: asyncio.DatagramTransport, packet: bytes, address: Address) -> None:
+        try:
+            self._dispatch(transport, packet, address)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("udp.request.crashed", client=address[0], client_port=address[1])
+
+    def _dispatch(self, transport: asyncio.DatagramTransport, packet: bytes, address: Address) -> None:
+        try:
+            header = parse_header(packet)
+            packed_ip = pack_ip(address[0])
+        except (UdpPacketError, ValueError) as error:
+            self.dropped_packets += 1
+            log.debug("udp.request.dropped", client=address[0], client_port=address[1], error=str(error))
+            return
+
+        port: int = address[1]
+        transaction_id = header.transaction_id
+        reply_limit = len(packet)  # until a valid connection id is shown
+        if header.action == Action.CONNECT:
+            try:
+                parse_connect(packet)
+            except UdpPacketError as error:
+                self.invalid_requests += 1
+                self._reject(transport, address, transaction_id, str(error), reply_limit)
+                return
+            self.connect_replies += 1
+            connection_id = self._connection_ids.issue(packed_ip, port)
+            self._send(transport, address, build_connect_reply(transaction_id, connection_id))
+            return
+
+        if header.action not in (Action.ANNOUNCE, Action.SCRAPE):
+            self.invalid_requests += 1
+            self._reject(transport, address, transaction_id, f"unknown action {header.action}", reply_limit)
+            return
+
+        if not self._connection_ids.is_valid(header.connection_id, packed_ip, port):
+            self.expired_connection_ids += 1
+            self._reject(transport, address, transaction_id, EXPIRED_CONNECTION_ID_MESSAGE, reply_limit)
+            return
+
+        if header.action == Action.SCRAPE:
+            self._scrape(transport, address, packet, transaction_id)
+        else:
+            self._start_announce(transport, address, packet, transaction_id, packed_ip)
+
+    def _scrape(
+        self, transport: asyncio.DatagramTransport, address: Address, packet: bytes, transaction_id: int
+    ) -> None:
+        try:
+            scrape = parse_scrape(packet)
+        except UdpPacketError as error:
+            self.invalid_requests += 1
+            self._reject(transport, address, transaction_id, str(error))
+            return
+
+        counts = self._tracker.scrape(scrape.info_hashes)
+        entries = [ScrapeEntry(seeders=c.complete, completed=c.downloaded, leechers=c.incomplete) for c in counts]
+        self.scrape_replies += 1
+        self._send(transport, address, build_scrape_reply(transaction_id, entries))
+
+    def _start_announce(
+        self,
+        transport: asyncio.DatagramTransport,
+        address: Address,
+        packet: bytes,
+        transaction_id: int,
+        packed_ip: bytes,
+    ) -> None:
+        try:
+            announce = parse_announce(packet, self._limits)
+        except (UdpPacketError, RequestError) as error:
+            self.invalid_requests += 1
+            self._reject(transport, address, transaction_id, str(error))
+            return
+
+        # A task, because the first announce of an infohash may wait for upstream replies, and
+        # datagrams from other clients must not wait behind it.
+        task = asyncio.get_running_loop().create_task(self._announce(transport, address, announce, packed_ip))
+        self._announce_tasks.add(task)
+        task.add_done_callback(self._announce_tasks.discard)
+
+    async def _announce(
+        self, transport: asyncio.DatagramTransport, address: Address, announce: UdpAnnounce, packed_ip: bytes
+    ) -> None:
+        transaction_id = announce.header.transaction_id
+        try:
+            result = await self._tracker.announce(announce.request, packed_ip)
+        except RequestError as error:  # a denied infohash
+            self.denied_announces += 1
+            self._reject(transport, address, transaction_id, str(error))
+            return
+        except Exception:
+            self.internal_errors += 1
+            log.exception(
+                "udp.announce.crashed",
+                client=address[0],
+                client_port=address[1],
+                info_hash=announce.request.info_hash.hex(),
+            )
+            self._send(transport, address, build_error_reply(transaction_id, "internal error"))
+            return
+
+        self.announce_replies += 1
+        endpoint_bytes = IPV4_ENDPOINT_BYTES if len(packed_ip) == 4 else IPV6_ENDPOINT_BYTES
+        reply = build_announce_reply(
+            transaction_id,
+            interval=result.interval,
+            leechers=result.incomplete,
+            seeders=result.complete,
+            endpoints=_endpoints_of_width(result, endpoint_bytes),
+        )
+        self._send(transport, address, reply)
+
+    def _reject(
+        self,
+        transport: asyncio.DatagramTransport,
+        address: Address,
+        transaction_id: int,
+        message: str,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Send an error reply, cut to `max_bytes`, and log it at debug level.
+
+        Debug only, because any client can send invalid packets at any rate. The counters
+        record how many there were.
+        """
+        log.debug("udp.request.rejected", client=address[0], client_port=address[1], error=message)
+        self._send(transport, address, build_error_reply(transaction_id, message, max_bytes))
+
+    def _send(self, transport: asyncio.DatagramTransport, address: Address, packet: bytes) -> None:
+        if transport.is_closing():
+            return  # the service is stopping
+
+        transport.sendto(packet, address)
+
+
+def _endpoints_of_width(result: AnnounceResult, endpoint_bytes: int) -> list[bytes]:
+    """Keep the peers of the requester's address family: a UDP reply has one peer format only.
+
+    NOTE: the tracker samples numwant peers of both families before this filter, so a reply may
+    hold fewer than numwant peers while more peers of this family exist.
+    """
+    endpoints = [peer.endpoint for peer in result.local_peers if len(peer.endpoint) == endpoint_bytes]
+    endpoints += [endpoint for endpoint in result.upstream_endpoints if len(endpoint) == endpoint_bytes]
+
+    return endpoints
+
+
+class _UdpTrackerProtocol(asyncio.DatagramProtocol):
+    """Hands the datagrams of one socket to the shared UdpTracker."""
+
+    def __init__(self, server: UdpTracker) -> None:
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A datagram endpoint's transport, which asyncio's selector loop does not derive from DatagramTransport.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self._transport is not None:
+            self._server.handle_datagram(self._transport, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # A failed send; the client will retry, as UDP clients do after a lost reply.
+        self._server.send_failures += 1
+
+
+def bind_udp_socket(address: ListenAddress) -> socket.socket:
+    """Bind a UDP socket ourselves, so the bound port is known even for port 0.
+
+    IPv6 sockets are IPv6-only, so an IPv4 address needs its own entry in `udp_listen`.
+    """
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+
+    return sock
