@@ -170,6 +170,10 @@ class BatchTable:
     ) -> None:
         """Reschedule or retire a batch after an upstream reply without `failure reason`."""
         torrent = batch.torrent
+        if batch.retired:  # retired while in flight (its infohash was denied)
+            batch.in_flight = False
+            return
+
         self._finish_first_round(batch, brought_peers=peer_count > 0)
         if batch.last_success_s is None:
             torrent.replied += 1
@@ -204,6 +208,10 @@ class BatchTable:
         A batch whose swarm emptied is retired instead when retrying is pointless.
         """
         torrent = batch.torrent
+        if batch.retired:
+            batch.in_flight = False
+            return
+
         self._finish_first_round(batch, brought_peers=False)
         batch.in_flight = False
         batch.failures += 1
@@ -232,6 +240,16 @@ class BatchTable:
 
     def is_stopped_pair(self, info_hash: bytes, forwarder_index: int) -> bool:
         return (info_hash, forwarder_index) in self._stopped_pairs
+
+    def retire_infohash(self, info_hash: bytes) -> None:
+        """Retire every batch of an infohash at once, without any upstream `stopped`."""
+        torrent = self._torrents.get(info_hash)
+        if torrent is None:
+            return
+
+        for batch in torrent.batches:
+            batch.in_flight = False  # an announce in flight finds the batch retired and stops there
+            self.retire(batch)
 
     def retire(self, batch: Batch) -> None:
         """Remove a batch for good; the infohash leaves the table with its last batch."""

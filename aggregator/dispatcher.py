@@ -26,9 +26,12 @@ class Dispatcher:
         workers: int,
         clock: Clock,
         admit: Callable[[Batch, float], bool] = lambda batch, now_s: True,
+        observe_lag: Callable[[float], None] = lambda lag_s: None,
     ) -> None:
         self._index = index
         self._admit = admit  # may move or park a batch and return False
+        self._observe_lag = observe_lag  # receives each dispatched batch's flush lag, in seconds
+        self._dispatcher_task: asyncio.Task[None] | None = None
         self._run_batch = run_batch
         self._worker_count = workers
         self._clock = clock
@@ -52,7 +55,23 @@ class Dispatcher:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work(), name=f"worker-{n}") for n in range(self._worker_count)]
-        self._tasks.append(loop.create_task(self._dispatch(), name="dispatcher"))
+        self._dispatcher_task = loop.create_task(self._dispatch(), name="dispatcher")
+        self._tasks.append(self._dispatcher_task)
+
+    async def stop_dispatching(self) -> None:
+        """Stop popping batches; announces already handed to workers go on."""
+        if self._dispatcher_task is not None:
+            self._dispatcher_task.cancel()
+            await asyncio.gather(self._dispatcher_task, return_exceptions=True)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the workers to finish; return whether they all did."""
+        try:
+            await asyncio.wait_for(self.wait_until_idle(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+
+        return True
 
     async def stop(self) -> None:
         """Cancel the dispatcher and the workers; in-flight announces are abandoned."""
@@ -69,6 +88,7 @@ class Dispatcher:
             while not self._admit(batch, self._clock()):
                 batch = await self._next_due()
 
+            self._observe_lag(max(self._clock() - batch.due_s, 0.0))
             self.dispatched += 1
             self._ready.put_nowait(batch)
 

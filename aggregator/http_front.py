@@ -1,6 +1,7 @@
 """The client-facing HTTP endpoints on aiohttp: GET /announce (BEP 3) and GET /scrape (BEP 48)."""
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -9,6 +10,7 @@ from aiohttp import web
 from aggregator.announce import ID_BYTES, AnnounceLimits, parse_announce
 from aggregator.client_address import ClientAddressRules
 from aggregator.errors import RequestError
+from aggregator.metrics import Metrics
 from aggregator.query import parse_query
 from aggregator.replies import encode_announce_reply, encode_failure, encode_scrape_reply
 from aggregator.tracker import Tracker
@@ -30,8 +32,10 @@ class AnnounceHandler:
         limits: AnnounceLimits,
         tracker_id: bytes | None,
         address_rules: ClientAddressRules | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._tracker = tracker
+        self._metrics = metrics
         self._limits = limits
         self._tracker_id = tracker_id
         # Without rules, only the socket peer address counts.
@@ -39,29 +43,39 @@ class AnnounceHandler:
         self.failures = 0
 
     async def handle(self, request: web.Request) -> web.Response:
+        started_s = time.perf_counter()
+        response, event, outcome = await self._announce(request)
+        if self._metrics is not None:
+            self._metrics.observe_announce("http", event, outcome, time.perf_counter() - started_s)
+
+        return response
+
+    async def _announce(self, request: web.Request) -> tuple[web.Response, str, str]:
+        """Return the reply with the `event` and outcome labels for the metrics."""
         try:
             announce = parse_announce(request.rel_url.raw_query_string, self._limits)
             client = self._address_rules.client_address(_peer_address(request), request.headers)
         except RequestError as error:
             self.failures += 1
-            return _failure(str(error))
+            return _failure(str(error)), "unknown", "invalid"
         except ValueError as error:
             self.failures += 1
             log.warning("http.announce.no_client_address", error=str(error))
-            return _failure("internal error: the client address could not be read")
+            return _failure("internal error: the client address could not be read"), "unknown", "error"
 
         address, port = self._address_rules.announced_endpoint(client, announce)
         if port != announce.port:
             announce = dataclasses.replace(announce, port=port)
 
+        event = announce.event.value or "none"
         try:
             result = await self._tracker.announce(announce, address.packed)
         except RequestError as error:  # a denied infohash
             self.failures += 1
-            return _failure(str(error))
+            return _failure(str(error)), event, "denied"
         body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
 
-        return web.Response(body=body, content_type=CONTENT_TYPE)
+        return web.Response(body=body, content_type=CONTENT_TYPE), event, "ok"
 
 
 class ScrapeHandler:
@@ -71,8 +85,9 @@ class ScrapeHandler:
     traffic. A denied infohash gets zeros, like an unknown one, and a full scrape leaves it out.
     """
 
-    def __init__(self, tracker: Tracker, max_hashes: int, full_scrape: bool) -> None:
+    def __init__(self, tracker: Tracker, max_hashes: int, full_scrape: bool, metrics: Metrics | None = None) -> None:
         self._tracker = tracker
+        self._metrics = metrics
         self._max_hashes = max_hashes
         self._full_scrape = full_scrape
         self.failures = 0
@@ -82,6 +97,7 @@ class ScrapeHandler:
             info_hashes = parse_scrape(request.rel_url.raw_query_string, self._max_hashes, self._full_scrape)
         except RequestError as error:
             self.failures += 1
+            self._count("invalid")
             return _failure(str(error))
 
         if info_hashes is None:
@@ -92,8 +108,13 @@ class ScrapeHandler:
 
         counts = self._tracker.scrape(info_hashes)
         body = encode_scrape_reply(dict(zip(info_hashes, counts)))
+        self._count("ok")
 
         return web.Response(body=body, content_type=CONTENT_TYPE)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.scrapes.labels("http", outcome).inc()
 
 
 def parse_scrape(raw_query: str, max_hashes: int, full_scrape: bool) -> list[bytes] | None:

@@ -81,6 +81,9 @@ class PeerCache:
     def get(self, info_hash: bytes) -> CachedTorrent | None:
         return self._torrents.get(info_hash)
 
+    def drop(self, info_hash: bytes) -> None:
+        self._torrents.pop(info_hash, None)
+
     def items(self) -> list[tuple[bytes, CachedTorrent]]:
         return list(self._torrents.items())
 

@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import aiohttp
 import structlog
@@ -13,20 +14,24 @@ from aiohttp import web
 
 from aggregator import __version__
 from aggregator.access import AccessLists
+from aggregator.admin import HISTORY_PERIOD_S, AdminApp, BacklogHistory, Heartbeat
 from aggregator.announce import AnnounceLimits
 from aggregator.batch_table import BatchTable
 from aggregator.client_address import ClientAddressRules
-from aggregator.config import ListenAddress, Settings, settings_summary
+from aggregator.config import ForwarderConfig, ListenAddress, Settings, settings_summary
 from aggregator.dispatcher import Dispatcher
 from aggregator.due_index import DueIndex
-from aggregator.forwarder import ForwarderRegistry, HealthPolicy
+from aggregator.forwarder import ForwarderRegistry, ForwarderState, HealthPolicy
 from aggregator.http_front import AnnounceHandler, ScrapeHandler, build_app
+from aggregator.metrics import Metrics, ServiceState
 from aggregator.peer_cache import PeerCache
+from aggregator.snapshot import StateParts, read_snapshot, write_snapshot
 from aggregator.swarm import SwarmRegistry
 from aggregator.tracker import ReplyPolicy, Tracker
 from aggregator.udp_front import ConnectionIds, UdpTracker
 from aggregator.upstream_http import HttpTarget, HttpUpstream, UpstreamIdentity
-from aggregator.worker import UpstreamWorker
+from aggregator.upstream_udp import UdpTarget, UdpUpstream
+from aggregator.worker import SendAnnounce, UpstreamWorker
 
 log = structlog.get_logger("aggregator.service")
 
@@ -34,21 +39,21 @@ log = structlog.get_logger("aggregator.service")
 MAX_SWEEP_PERIOD_S = 60.0
 # How often the access-list files are checked for a changed mtime, size or inode.
 ACCESS_POLL_PERIOD_S = 5.0
+# Pressure is the ready backlog divided by this many batches.
+BACKLOG_CAPACITY = 10_000
 
 
 class Service:
-    """One aggregator process: client listeners, the upstream pipeline and the expiry sweeper."""
+    """One aggregator process: client listeners, the upstream pipeline, the admin listener."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
+        self.forwarders = list(settings.forwarders)
+        self.started_s = clock()
+        self.ready = False  # /readyz: listeners bound and not draining
 
-        self.forwarders = [f for f in settings.forwarders if not f.uri.startswith("udp://")]
-        skipped = [f.name for f in settings.forwarders if f.uri.startswith("udp://")]
-        if skipped:
-            # TODO: announce to udp:// forwarders (BEP 15 client); until then they are left out.
-            log.warning("config.forwarders.udp_unsupported", skipped=skipped)
-
+        self.metrics = Metrics()
         self.index = DueIndex()
         self.table = BatchTable(
             forwarder_count=len(self.forwarders),
@@ -66,6 +71,7 @@ class Service:
             policy=ReplyPolicy(settings.announce_interval, settings.min_interval, settings.first_interval),
             forwarder_count=len(self.forwarders),
             clock=clock,
+            metrics=self.metrics,
         )
         self.registry = ForwarderRegistry(
             [f.name for f in self.forwarders],
@@ -79,25 +85,37 @@ class Service:
             self.index,
             clock,
         )
+        self.metrics.add_state_collector(self.read_state)
         self.identity = UpstreamIdentity()
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self.dispatcher: Dispatcher | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self.bound: list[tuple[str, int]] = []
+        self.udp_upstream = UdpUpstream(
+            self.identity, settings.upstream_timeout_s, settings.upstream_udp_tries, settings.dns_cache_ttl_s
+        )
         self.address_rules = ClientAddressRules(settings.trusted_proxies, settings.trusted_ip_param_networks)
         self.access = AccessLists(settings.infohash_denylist, settings.infohash_allowlist)
-        self._access_poller: asyncio.Task[None] | None = None
-        self._access_reloads: set[asyncio.Task[None]] = set()
         self.udp = UdpTracker(
             self.tracker,
             AnnounceLimits(settings.default_numwant, settings.max_numwant),
             ConnectionIds(clock),  # the service clock, so tests can expire connection ids
+            self.metrics,
         )
+        self.heartbeat = Heartbeat()
+        self.history = BacklogHistory()
+
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._access_reloads: set[asyncio.Task[None]] = set()
+        self.bound: list[tuple[str, int]] = []
         self.udp_bound: list[tuple[str, int]] = []
+        self.admin_bound: tuple[str, int] | None = None
 
     def _on_swarm_emptied(self, info_hash: bytes) -> None:
         self.table.note_swarm_emptied(info_hash, self._clock())
+
+    def _state_parts(self) -> StateParts:
+        return StateParts(self.swarms, self.table, self.cache, self.registry, self.settings.peer_ttl, self._clock)
 
     async def start(self) -> None:
         settings = self.settings
@@ -108,12 +126,27 @@ class Service:
         # First, before anything is opened: an unreadable list file stops the start (ConfigError).
         self.access.load()
         if self.access.configured:
-            # TODO: after a reload denies an infohash that has a local swarm, its upstream batches
-            # keep refreshing until the swarm expires. Dropping that swarm would retire them at once.
             self.tracker.is_allowed = self.access.is_allowed
-            loop = asyncio.get_running_loop()
-            self._access_poller = loop.create_task(self._poll_access_lists(), name="access-lists")
+        if settings.state_file is not None:
+            self._load_snapshot(settings.state_file)
 
+        await self._start_upstream()
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._sweep(), name="sweeper"),
+            loop.create_task(self.heartbeat.run(), name="heartbeat"),
+            loop.create_task(self._sample_backlog(), name="backlog-history"),
+        ]
+        if self.access.configured:
+            self._background.append(loop.create_task(self._poll_access_lists(), name="access-lists"))
+
+        await self._start_admin()
+        await self._start_client_listeners()
+        self.ready = True
+        log.info("service.ready", swarms=len(self.swarms), batches=self.table.batch_count)
+
+    async def _start_upstream(self) -> None:
+        settings = self.settings
         # One session for every upstream: its connection pool is shared by all workers.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max(settings.workers, 1), ttl_dns_cache=int(settings.dns_cache_ttl_s)),
@@ -126,29 +159,64 @@ class Service:
             settings.upstream_max_body_bytes,
             connect_timeout_s=settings.upstream_connect_timeout_s,
         )
-        senders = [partial(http.announce, HttpTarget(f.uri, f.ip, f.host)) for f in self.forwarders]
-        worker = UpstreamWorker(
+        if any(f.uri.startswith("udp://") for f in self.forwarders):
+            await self.udp_upstream.start()
+
+        self.worker = UpstreamWorker(
             table=self.table,
             cache=self.cache,
-            senders=senders,
+            senders=[self._sender(forwarder, http) for forwarder in self.forwarders],
             registry=self.registry,
             numwant=settings.upstream_numwant,
             upstream_port=settings.upstream_port,
             clock=self._clock,
+            metrics=self.metrics,
         )
-        self.worker = worker
         self.dispatcher = Dispatcher(
-            self.index, worker.run_batch, settings.workers, self._clock, admit=self.registry.admit
+            self.index,
+            self.worker.run_batch,
+            settings.workers,
+            self._clock,
+            admit=self.registry.admit,
+            observe_lag=self.metrics.flush_lag.observe,
         )
         self.dispatcher.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="sweeper")
 
+    def _sender(self, forwarder: ForwarderConfig, http: HttpUpstream) -> SendAnnounce:
+        if forwarder.uri.startswith("udp://"):
+            if forwarder.ip is not None or forwarder.host is not None:
+                log.warning("config.forwarder.options_ignored", forwarder=forwarder.name, detail="ip and host are HTTP only")
+            return partial(self.udp_upstream.announce, UdpTarget.from_uri(forwarder.uri))
+
+        return partial(http.announce, HttpTarget(forwarder.uri, forwarder.ip, forwarder.host))
+
+    async def _start_admin(self) -> None:
+        address = self.settings.admin_listen
+        if address is None:
+            return
+
+        admin = AdminApp(self.metrics, self.stats, lambda: self.ready, self.heartbeat, self.history)
+        self._admin_runner = web.AppRunner(admin.build(), access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        sock = _bind(address)
+        await web.SockSite(self._admin_runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        self.admin_bound = (host, port)
+        log.info("listening", transport="admin", host=host, port=port)
+
+    async def _start_client_listeners(self) -> None:
+        settings = self.settings
         tracker_id = settings.tracker_id.encode() if settings.tracker_id else None
-        handler = AnnounceHandler(
-            self.tracker, AnnounceLimits(settings.default_numwant, settings.max_numwant), tracker_id, self.address_rules
+        limits = AnnounceLimits(settings.default_numwant, settings.max_numwant)
+        handler = AnnounceHandler(self.tracker, limits, tracker_id, self.address_rules, self.metrics)
+        scrape_handler = ScrapeHandler(self.tracker, settings.max_scrape_hashes, settings.full_scrape, self.metrics)
+        # In-flight client requests get the drain time to finish (a first announce waits for upstreams).
+        self._runner = web.AppRunner(
+            build_app(handler, scrape_handler),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.drain_timeout_s,
         )
-        scrape_handler = ScrapeHandler(self.tracker, settings.max_scrape_hashes, settings.full_scrape)
-        self._runner = web.AppRunner(build_app(handler, scrape_handler), access_log=None, handle_signals=False)
         await self._runner.setup()
         for address in settings.listen:
             sock = _bind(address)
@@ -162,33 +230,90 @@ class Service:
             log.info("listening", transport="udp", host=host, port=port)
 
     async def stop(self) -> None:
-        log.info("service.stopping")
+        """Drain: stop accepting, let requests and upstream announces finish, save the state, close."""
+        started_s = time.monotonic()
+        self.ready = False
+        busy = self.dispatcher.busy_workers if self.dispatcher is not None else 0
+        log.info("drain.started", upstream_in_flight=busy, swarms=len(self.swarms), peers=self.swarms.peer_count)
+
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.udp.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-        if self._access_poller is not None:
-            self._access_poller.cancel()
-            await asyncio.gather(self._access_poller, *self._access_reloads, return_exceptions=True)
+        await self.udp.close(grace_s=self.settings.drain_timeout_s)
+
+        finished = True
+        cancelled = 0
         if self.dispatcher is not None:
+            await self.dispatcher.stop_dispatching()
+            finished = await self.dispatcher.drain(self.settings.drain_timeout_s)
+            cancelled = self.dispatcher.busy_workers
             await self.dispatcher.stop()
+
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, *self._access_reloads, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        await self.udp_upstream.close()
+
+        snapshot_bytes = self._save_snapshot()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
 
         log.info(
-            "service.stopped",
+            "drain.finished",
+            upstream_drained=finished,
+            upstream_cancelled=cancelled,
+            snapshot_bytes=snapshot_bytes,
+            duration_s=round(time.monotonic() - started_s, 3),
             swarms=len(self.swarms),
             peers=self.swarms.peer_count,
             batches=self.table.batch_count,
         )
+
+    def _load_snapshot(self, path: str) -> None:
+        counts = read_snapshot(path, self._state_parts())
+        if counts is not None:
+            log.info(
+                "snapshot.loaded",
+                path=path,
+                peers=counts.peers,
+                swarms=counts.swarms,
+                batches=counts.batches,
+                cached_infohashes=counts.cached_infohashes,
+            )
+
+    def _save_snapshot(self) -> int | None:
+        path = self.settings.state_file
+        if path is None:
+            return None
+
+        try:
+            size = write_snapshot(path, self._state_parts())
+        except OSError as error:
+            log.error("snapshot.write_failed", path=path, error=str(error))
+            return None
+
+        log.info("snapshot.written", path=path, bytes=size, swarms=len(self.swarms), batches=self.table.batch_count)
+
+        return size
 
     async def _sweep(self) -> None:
         period_s = min(max(self.settings.peer_ttl / 16, 1.0), MAX_SWEEP_PERIOD_S)
         while True:
             await asyncio.sleep(period_s)
             self.sweep_expired()
+
+    def sweep_expired(self) -> None:
+        """Drop expired local peers and upstream peer lists; emptied swarms queue upstream `stopped`."""
+        now_s = self._clock()
+        self.swarms.expire(now_s)
+        self.cache.expire(now_s)
+        self.registry.flush_summaries(now_s)
+
+    async def _sample_backlog(self) -> None:
+        while True:
+            self.history.add(time.time(), self.index.count_due(self._clock()))
+            await asyncio.sleep(HISTORY_PERIOD_S)
 
     def reload_access_lists(self) -> asyncio.Task[None] | None:
         """Start reloading the access-list files in a worker thread, changed or not (SIGHUP).
@@ -199,27 +324,109 @@ class Service:
             log.info("access.reload.skipped", detail="neither infohash_denylist nor infohash_allowlist is set")
             return None
 
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.access.reload), name="access-reload")
+        task = asyncio.get_running_loop().create_task(self._reload_access_lists(), name="access-reload")
         self._access_reloads.add(task)
         task.add_done_callback(self._access_reloads.discard)
 
         return task
+
+    async def _reload_access_lists(self) -> None:
+        await asyncio.to_thread(self.access.reload)
+        self.drop_denied_swarms()
 
     async def _poll_access_lists(self) -> None:
         while True:
             await asyncio.sleep(ACCESS_POLL_PERIOD_S)
             try:
                 # A thread, so that reading a large list does not stall client requests.
-                await asyncio.to_thread(self.access.reload_if_changed)
+                if await asyncio.to_thread(self.access.reload_if_changed):
+                    self.drop_denied_swarms()
             except Exception:
                 log.exception("access.poll.crashed")
 
-    def sweep_expired(self) -> None:
-        """Drop expired local peers and upstream peer lists; emptied swarms queue upstream `stopped`."""
+    def drop_denied_swarms(self) -> int:
+        """Forget every swarm whose infohash the access lists now reject; return how many.
+
+        Its batches are retired without an upstream `stopped`: a torrent denied as private must
+        not reach public trackers again, not even to say goodbye.
+        """
+        denied = [info_hash for info_hash in self.swarms.info_hashes() if not self.tracker.is_allowed(info_hash)]
+        denied += [t.info_hash for t in self.table.torrents() if not self.tracker.is_allowed(t.info_hash)]
+        for info_hash in set(denied):
+            self.swarms.drop_swarm(info_hash)
+            self.table.retire_infohash(info_hash)
+            self.cache.drop(info_hash)
+
+        if denied:
+            log.info("access.swarms.dropped", count=len(set(denied)))
+
+        return len(set(denied))
+
+    def read_state(self) -> ServiceState:
+        """Count the state for /metrics and /stats; costs O(swarms + cached infohashes)."""
+        dispatcher = self.dispatcher
+        ready_backlog = self.index.count_due(self._clock())
+        seeders = sum(swarm.seeders for swarm in map(self.swarms.get, self.swarms.info_hashes()) if swarm is not None)
+
+        return ServiceState(
+            swarms=len(self.swarms),
+            peers=self.swarms.peer_count,
+            seeders=seeders,
+            leechers=self.swarms.peer_count - seeders,
+            batches=self.table.batch_count,
+            ready_backlog=ready_backlog,
+            pressure=ready_backlog / BACKLOG_CAPACITY,
+            workers=self.settings.workers,
+            busy_workers=dispatcher.busy_workers if dispatcher is not None else 0,
+            coalesced_announces=self.tracker.coalesced,
+            upstream_cached_peers=self.cache.peer_count(),
+            forwarder_states=[(health.name, health.state.value) for health in self.registry.forwarders],
+            state_values=tuple(state.value for state in ForwarderState),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers of the /stats page."""
+        state = self.read_state()
         now_s = self._clock()
-        self.swarms.expire(now_s)
-        self.cache.expire(now_s)
-        self.registry.flush_summaries(now_s)
+        worker = getattr(self, "worker", None)
+        numbers: dict[str, Any] = {
+            "version": __version__,
+            "uptime_s": round(now_s - self.started_s, 1),
+            "ready": self.ready,
+            "swarms": state.swarms,
+            "peers": state.peers,
+            "seeders": state.seeders,
+            "leechers": state.leechers,
+            "batches": state.batches,
+            "ready_backlog": state.ready_backlog,
+            "pressure": round(state.pressure, 4),
+            "workers": state.workers,
+            "busy_workers": state.busy_workers,
+            "coalesced_announces": state.coalesced_announces,
+            "upstream_cached_peers": state.upstream_cached_peers,
+            "upstream_succeeded": worker.succeeded if worker is not None else 0,
+            "upstream_failed": worker.failed if worker is not None else 0,
+        }
+        numbers["forwarders"] = [
+            {
+                "name": health.name,
+                "state": health.state.value,
+                "until_in_s": round(health.until_s - now_s, 1) if health.state is not ForwarderState.ACTIVE else None,
+                "reason": health.reason or None,
+                "latency_ms": None if health.ema_latency_s is None else round(health.ema_latency_s * 1000, 1),
+                "success_rate": round(health.ema_success, 3),
+                "interval_s": health.last_interval_s,
+                "inflight": health.inflight,
+                "succeeded": health.succeeded,
+                "failed": health.failed,
+                "last_error_kind": health.last_failure_kind.value if health.last_failure_kind else None,
+                "last_error": health.last_failure_detail or None,
+                "last_error_age_s": None if health.last_failure_s is None else round(now_s - health.last_failure_s, 1),
+            }
+            for health in self.registry.forwarders
+        ]
+
+        return numbers
 
 
 def _bind(address: ListenAddress) -> socket.socket:
@@ -237,7 +444,7 @@ def _bind(address: ListenAddress) -> socket.socket:
 
 
 async def run_service(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly; SIGHUP reloads the access lists."""
+    """Run until SIGTERM or SIGINT, then drain and exit; SIGHUP reloads the access lists."""
     service = Service(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -183,6 +183,20 @@ class SwarmRegistry:
         swarm.upsert(endpoint, peer_id, 0 if is_seeder else None, last_seen_s)
         self.peer_count += len(swarm) - before
 
+    def drop_swarm(self, info_hash: bytes) -> None:
+        """Remove a whole swarm without the emptied callback, so no upstream `stopped` is sent."""
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            return
+
+        self.peer_count -= len(swarm)
+        callback = self._on_swarm_emptied
+        self._on_swarm_emptied = lambda dropped: None
+        try:
+            self._drop(info_hash, swarm)
+        finally:
+            self._on_swarm_emptied = callback
+
     def remove_peer(self, info_hash: bytes, endpoint: bytes) -> None:
         """Remove a peer that sent `stopped`; drop its swarm if that was the last peer."""
         swarm = self._swarms.get(info_hash)

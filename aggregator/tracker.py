@@ -9,6 +9,7 @@ from aggregator.batch import TorrentBatches
 from aggregator.batch_table import BatchTable
 from aggregator.endpoints import make_endpoint
 from aggregator.errors import InfohashDeniedError
+from aggregator.metrics import Metrics
 from aggregator.peer_cache import PeerCache
 from aggregator.swarm import Peer, Swarm, SwarmRegistry
 
@@ -55,7 +56,9 @@ class Tracker:
         forwarder_count: int,
         clock: Callable[[], float],
         is_allowed: Callable[[bytes], bool] = lambda info_hash: True,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self.is_allowed = is_allowed  # the access lists; replaceable while running
         self.swarms = swarms
         self.table = table
@@ -73,6 +76,7 @@ class Tracker:
         now_s = self._clock()
         info_hash = request.info_hash
         if not self.is_allowed(info_hash):
+            self._count_admission("denied")
             raise InfohashDeniedError(info_hash)
         endpoint = make_endpoint(packed_ip, request.port)
 
@@ -95,6 +99,10 @@ class Tracker:
                 now_s = self._clock()
 
         return self._result(info_hash, swarm, torrent, endpoint, request.numwant, now_s)
+
+    def _count_admission(self, decision: str) -> None:
+        if self._metrics is not None:
+            self._metrics.admission.labels(decision).inc()
 
     def scrape(self, info_hashes: list[bytes]) -> list[ScrapeCounts]:
         """Return the counts of each infohash, in request order; unknown or denied ones get zeros.
@@ -134,6 +142,7 @@ class Tracker:
         torrent = self.table.get(request.info_hash)
         if torrent is None:
             torrent = self.table.open(request.info_hash, now_s)
+            self._count_admission("admitted")
         elif swarm_created:
             self.table.note_swarm_refilled(torrent, now_s)
         elif request.event is not Event.COMPLETED or torrent.completed_sent:

@@ -20,6 +20,7 @@ from aggregator.announce import AnnounceLimits
 from aggregator.config import ListenAddress
 from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, pack_ip
 from aggregator.errors import RequestError
+from aggregator.metrics import Metrics
 from aggregator.tracker import AnnounceResult, Tracker
 from aggregator.udp_codec import (
     Action,
@@ -94,12 +95,20 @@ class UdpTracker:
     spoofed source address cannot turn the tracker into an amplifier.
     """
 
-    def __init__(self, tracker: Tracker, limits: AnnounceLimits, connection_ids: ConnectionIds) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        limits: AnnounceLimits,
+        connection_ids: ConnectionIds,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._tracker = tracker
+        self._metrics = metrics
         self._limits = limits
         self._connection_ids = connection_ids
         self._transports: list[asyncio.DatagramTransport] = []
         self._announce_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
         # Packets by outcome, as plain counters that a metrics export can read.
         self.connect_replies = 0
@@ -122,18 +131,25 @@ class UdpTracker:
 
         return host, port
 
-    async def close(self) -> None:
-        """Close every socket and cancel the announces that still wait for upstream replies."""
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
-
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop receiving, give announces in progress up to `grace_s` to reply, then close the sockets."""
+        self._closing = True  # datagrams that arrive from now on are dropped
         tasks = list(self._announce_tasks)
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
     def handle_datagram(self, transport: asyncio.DatagramTransport, packet: bytes, address: Address) -> None:
+        if self._closing:
+            self.dropped_packets += 1
+            return
+
         try:
             self._dispatch(transport, packet, address)
         except Exception:
@@ -192,6 +208,8 @@ class UdpTracker:
         counts = self._tracker.scrape(scrape.info_hashes)
         entries = [ScrapeEntry(seeders=c.complete, completed=c.downloaded, leechers=c.incomplete) for c in counts]
         self.scrape_replies += 1
+        if self._metrics is not None:
+            self._metrics.scrapes.labels("udp", "ok").inc()
         self._send(transport, address, build_scrape_reply(transaction_id, entries))
 
     def _start_announce(
@@ -206,6 +224,7 @@ class UdpTracker:
             announce = parse_announce(packet, self._limits)
         except (UdpPacketError, RequestError) as error:
             self.invalid_requests += 1
+            self._observe("unknown", "invalid", None)
             self._reject(transport, address, transaction_id, str(error))
             return
 
@@ -219,10 +238,13 @@ class UdpTracker:
         self, transport: asyncio.DatagramTransport, address: Address, announce: UdpAnnounce, packed_ip: bytes
     ) -> None:
         transaction_id = announce.header.transaction_id
+        event = announce.request.event.value or "none"
+        started_s = time.perf_counter()
         try:
             result = await self._tracker.announce(announce.request, packed_ip)
         except RequestError as error:  # a denied infohash
             self.denied_announces += 1
+            self._observe(event, "denied", None)
             self._reject(transport, address, transaction_id, str(error))
             return
         except Exception:
@@ -237,6 +259,7 @@ class UdpTracker:
             return
 
         self.announce_replies += 1
+        self._observe(event, "ok", time.perf_counter() - started_s)
         endpoint_bytes = IPV4_ENDPOINT_BYTES if len(packed_ip) == 4 else IPV6_ENDPOINT_BYTES
         reply = build_announce_reply(
             transaction_id,
@@ -246,6 +269,10 @@ class UdpTracker:
             endpoints=_endpoints_of_width(result, endpoint_bytes),
         )
         self._send(transport, address, reply)
+
+    def _observe(self, event: str, outcome: str, latency_s: float | None) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_announce("udp", event, outcome, latency_s)
 
     def _reject(
         self,

@@ -8,6 +8,7 @@ from aggregator.batch import Batch, UpstreamEvent
 from aggregator.batch_table import BatchTable
 from aggregator.faults import Verdict, classify, pair_defer_s
 from aggregator.forwarder import ForwarderRegistry
+from aggregator.metrics import Metrics
 from aggregator.peer_cache import PeerCache
 from aggregator.upstream_http import UpstreamAnnounce
 from aggregator.upstream_reply import FailureKind, UpstreamFailure, UpstreamReply
@@ -30,6 +31,7 @@ class UpstreamWorker:
         numwant: int,
         upstream_port: int | None,
         clock: Callable[[], float],
+        metrics: Metrics | None = None,
     ) -> None:
         self._table = table
         self._cache = cache
@@ -38,6 +40,7 @@ class UpstreamWorker:
         self._numwant = numwant
         self._upstream_port = upstream_port
         self._clock = clock
+        self._metrics = metrics
         self.succeeded = 0  # upstream announces, over all forwarders
         self.failed = 0
 
@@ -65,6 +68,7 @@ class UpstreamWorker:
         try:
             reply = await self._senders[batch.forwarder_index](announce)
         except UpstreamFailure as failure:
+            self._observe(batch.forwarder_index, failure.kind.value, self._clock() - started_s)
             self._on_failure(batch, sent_event, failure)
             return
         except Exception:
@@ -78,6 +82,7 @@ class UpstreamWorker:
             return
 
         now_s = self._clock()
+        self._observe(batch.forwarder_index, "ok", now_s - started_s)
         self.succeeded += 1
         self.registry.record_success(batch.forwarder_index, now_s - started_s, reply.interval_s)
         if reply.tracker_id is not None:
@@ -105,6 +110,14 @@ class UpstreamWorker:
         self._table.after_success(
             batch, sent_event, reply.interval_s, reply.min_interval_s, len(reply.endpoints), now_s
         )
+
+    def _observe(self, forwarder_index: int, outcome: str, latency_s: float) -> None:
+        if self._metrics is None:
+            return
+
+        name = self.registry[forwarder_index].name
+        self._metrics.upstream_requests.labels(name, outcome).inc()
+        self._metrics.upstream_latency.labels(name).observe(latency_s)
 
     def _on_failure(self, batch: Batch, sent_event: UpstreamEvent, failure: UpstreamFailure) -> None:
         """Apply the verdict of a failure to the forwarder and to the batch (see aggregator/faults.py)."""

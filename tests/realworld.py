@@ -868,6 +868,8 @@ class RunningService(ManagedProcess):
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.config_path = workdir / "config.yaml"
+        # An OS-chosen admin port, so that tests never collide on the default 9090.
+        config = {"admin_listen": f"{LOOPBACK}:0", **config}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

@@ -336,7 +336,7 @@ async def test_sighup_reloads_lists(tmp_path: Path) -> None:
         second = await asyncio.wait_for(read_event(process.stdout, "access.list.loaded"), timeout=20)
 
         process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(read_event(process.stdout, "service.stopped"), timeout=20)
+        await asyncio.wait_for(read_event(process.stdout, "drain.finished"), timeout=20)
         return_code = await asyncio.wait_for(process.wait(), timeout=20)
     finally:
         if process.returncode is None:

@@ -25,7 +25,9 @@ def base_settings(trackers: list[FakeTracker], **overrides: object) -> Settings:
         ForwarderConfig(uri=tracker.announce_url, name=f"fake{number}", ip=None, host=None)
         for number, tracker in enumerate(trackers)
     )
-    settings = Settings(listen=(ListenAddress("127.0.0.1", 0),), forwarders=forwarders, first_announce_wait_ms=2000)
+    settings = Settings(
+        listen=(ListenAddress("127.0.0.1", 0),), forwarders=forwarders, first_announce_wait_ms=2000, admin_listen=None
+    )
 
     return replace(settings, **overrides)  # type: ignore[arg-type]
 
