@@ -6,6 +6,7 @@ queued twice.
 """
 
 import random
+from collections.abc import Callable
 
 from aggregator.batch import Batch, FirstRound, Priority, TorrentBatches, UpstreamEvent
 from aggregator.due_index import DueIndex
@@ -28,12 +29,18 @@ class BatchTable:
         first_wait_s: float,
         retry_base_s: float,
         retry_max_s: float,
+        max_batches: int = 0,
+        choose_forwarders: Callable[[], list[int]] | None = None,
     ) -> None:
         self._forwarder_count = forwarder_count
         self._index = index
         self._first_wait_s = first_wait_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
+        self._max_batches = max_batches  # 0 for no cap
+        # Which forwarders a new infohash is announced to; all by default.
+        self._choose_forwarders = choose_forwarders or (lambda: list(range(forwarder_count)))
+        self.refused_pairs = 0  # pairs not opened because max_batches was reached
         self._torrents: dict[bytes, TorrentBatches] = {}
         self.batch_count = 0
         # Pairs whose upstream replied `retry in: never`, oldest first; kept across swarm lifetimes.
@@ -67,14 +74,30 @@ class BatchTable:
         self.batch_count += 1
         self._index.schedule(batch, due_s)
 
+    def room(self) -> int | None:
+        """Return how many more batches max_batches allows, or None without a cap."""
+        if not self._max_batches:
+            return None
+
+        return max(self._max_batches - self.batch_count, 0)
+
     def open(self, info_hash: bytes, now_s: float) -> TorrentBatches:
-        """Open one batch per forwarder for a newly seen infohash, all due now."""
+        """Open one batch per chosen forwarder for a newly seen infohash, all due now.
+
+        Pairs beyond max_batches are refused and counted; the torrent may end with no batch.
+        """
         torrent = TorrentBatches(info_hash)
         self._torrents[info_hash] = torrent
         if self._forwarder_count and self._first_wait_s > 0:
             torrent.first_round = FirstRound(self._forwarder_count, now_s + self._first_wait_s)
 
-        for forwarder_index in range(self._forwarder_count):
+        forwarder_indexes = self._choose_forwarders()
+        room = self.room()
+        if room is not None and room < len(forwarder_indexes):
+            self.refused_pairs += len(forwarder_indexes) - room
+            forwarder_indexes = forwarder_indexes[:room]
+
+        for forwarder_index in forwarder_indexes:
             batch = Batch(torrent, forwarder_index)
             torrent.batches.append(batch)
             if (info_hash, forwarder_index) in self._stopped_pairs:

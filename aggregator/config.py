@@ -97,6 +97,25 @@ class Settings:
     probe_base_s: float = 60.0  # first wait before a disabled forwarder is probed again
     probe_max_s: float = 3600.0  # cap of the growing wait between probes
 
+    # Overload control: pressure is the ready backlog divided by backlog_capacity.
+    backlog_capacity: int = 10_000
+    min_workers: int = 4  # worker scaling range; min_workers == max_workers turns scaling off
+    max_workers: int = 64
+    scale_up_threshold: float = 0.6  # pressure above which workers are added
+    scale_down_threshold: float = 0.4  # pressure below which workers are removed
+    scale_up_lag_s: float = 5.0  # flush lag above which workers are added
+    scale_cooldown_s: float = 10.0  # minimum time between two scaling steps
+    throttle_threshold: float = 0.6  # pressure above which only the best forwarders get batches; 0 = off
+    throttle_top_n: int = 20
+    throttle_defer_s: float = 60.0  # delay of a throttled forwarder's batch
+    max_forwarders_per_infohash: int = 0  # forwarders a new infohash is announced to; 0 = all
+    rate_limit_threshold: float = 0.8  # pressure above which new infohashes pass a token bucket; 0 = off
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 200
+    retry_interval: int = 300  # seconds, `interval` for a client whose new infohash was not admitted
+    overload_reply: str = "peers"  # "peers": local peers and retry_interval; "failure": BEP 31 failure
+    max_batches: int = 1_000_000  # cap on batches; new pairs beyond it are refused; 0 = no cap
+
     # Operations.
     admin_listen: ListenAddress | None = ListenAddress("127.0.0.1", 9090)  # None = no admin listener
     drain_timeout_s: float = 20.0  # grace for in-flight upstream announces at shutdown
@@ -319,6 +338,33 @@ _SCALAR_RULES: dict[str, _ScalarRule] = {
     "probe_base_s": _FloatRule(0, _DAY_S, "seconds before a disabled forwarder is probed the first time"),
     "probe_max_s": _FloatRule(0, _WEEK_S, "maximum seconds between probes of a disabled forwarder"),
     "drain_timeout_s": _FloatRule(0, 3600, "seconds in-flight upstream announces get at shutdown"),
+    "backlog_capacity": _IntRule(1, 100_000_000, "ready backlog at which pressure reaches 1.0", metavar="BATCHES"),
+    "min_workers": _IntRule(1, 4096, "fewest upstream workers when scaling down"),
+    "max_workers": _IntRule(1, 4096, "most upstream workers when scaling up"),
+    "scale_up_threshold": _FractionRule("pressure above which upstream workers are added"),
+    "scale_down_threshold": _FractionRule("pressure below which upstream workers are removed"),
+    "scale_up_lag_s": _FloatRule(0, _DAY_S, "flush lag in seconds above which upstream workers are added"),
+    "scale_cooldown_s": _FloatRule(0, _DAY_S, "minimum seconds between two worker scaling steps"),
+    "throttle_threshold": _FractionRule("pressure above which only the best forwarders get batches (0 turns it off)"),
+    "throttle_top_n": _IntRule(1, 100_000, "forwarders that keep getting batches while throttling"),
+    "throttle_defer_s": _FloatRule(0, _DAY_S, "seconds a throttled forwarder's batch is deferred"),
+    "max_forwarders_per_infohash": _IntRule(
+        0, 100_000, "forwarders a new infohash is announced to, best first (0 for all)"
+    ),
+    "rate_limit_threshold": _FractionRule(
+        "pressure above which new infohashes must pass a token bucket (0 turns it off)"
+    ),
+    "rate_limit_per_s": _FloatRule(0, 1_000_000, "new infohashes admitted per second under pressure"),
+    "rate_limit_burst": _IntRule(1, 10_000_000, "new infohashes admitted at once under pressure"),
+    "retry_interval": _IntRule(
+        1, _DAY_S, "seconds sent as `interval` when a new infohash is not admitted", metavar="SECONDS"
+    ),
+    "overload_reply": _TextRule(
+        "reply to a client whose new infohash is not admitted: local peers, or a BEP 31 failure",
+        choices=("peers", "failure"),
+        metavar="KIND",
+    ),
+    "max_batches": _IntRule(0, 1_000_000_000, "cap on upstream batches; new pairs beyond it are refused (0 for none)"),
     "state_file": _TextRule(
         "file the state snapshot is written to at shutdown and loaded from at start",
         optional=True,
@@ -339,6 +385,8 @@ _ORDERED_PAIRS = (
     ("min_interval", "announce_interval"),
     ("retry_base_s", "retry_max_s"),
     ("probe_base_s", "probe_max_s"),
+    ("min_workers", "max_workers"),
+    ("scale_down_threshold", "scale_up_threshold"),
 )
 
 

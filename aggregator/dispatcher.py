@@ -1,4 +1,9 @@
-"""The dispatcher: sleeps until the earliest due batch, then hands due batches to a bounded worker pool."""
+"""The dispatcher: sleeps until the earliest due batch, then hands due batches to the worker pool.
+
+The pool is a concurrency limit: each admitted batch runs as its own task, and the dispatcher
+pops a batch only while fewer than `target_workers` tasks run. Overload control changes
+`target_workers` while the service runs.
+"""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -14,7 +19,7 @@ log = structlog.get_logger("aggregator.dispatcher")
 
 
 class Dispatcher:
-    """Pops due batches only when a worker is idle, so waiting batches stay in the index.
+    """Pops due batches only when a worker is free, so waiting batches stay in the index.
 
     The index calls `wake` when a batch becomes the earliest one, which cuts the current sleep short.
     """
@@ -29,34 +34,35 @@ class Dispatcher:
         observe_lag: Callable[[float], None] = lambda lag_s: None,
     ) -> None:
         self._index = index
+        self._run_batch = run_batch
+        self._clock = clock
         self._admit = admit  # may move or park a batch and return False
         self._observe_lag = observe_lag  # receives each dispatched batch's flush lag, in seconds
-        self._dispatcher_task: asyncio.Task[None] | None = None
-        self._run_batch = run_batch
-        self._worker_count = workers
-        self._clock = clock
-        self._wakeup = asyncio.Event()
-        self._idle_workers = asyncio.Semaphore(workers)
-        self._ready: asyncio.Queue[Batch] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.target_workers = workers
         self.busy_workers = 0
         self.dispatched = 0
-        self._batch_finished = asyncio.Condition()
+        self._wakeup = asyncio.Event()
+        self._worker_free = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._running: set[asyncio.Task[None]] = set()
+        self._dispatcher_task: asyncio.Task[None] | None = None
         index.on_new_earliest = self.wake
 
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def wait_until_idle(self) -> None:
-        """Wait until no batch is in flight or handed over to a worker."""
-        async with self._batch_finished:
-            await self._batch_finished.wait_for(lambda: self.busy_workers == 0 and self._ready.empty())
+    def set_workers(self, count: int) -> None:
+        """Change the worker limit; a lower limit takes effect as running announces finish."""
+        self.target_workers = count
+        self._worker_free.set()
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._work(), name=f"worker-{n}") for n in range(self._worker_count)]
-        self._dispatcher_task = loop.create_task(self._dispatch(), name="dispatcher")
-        self._tasks.append(self._dispatcher_task)
+        self._dispatcher_task = asyncio.get_running_loop().create_task(self._dispatch(), name="dispatcher")
+
+    async def wait_until_idle(self) -> None:
+        """Wait until no batch is in flight."""
+        await self._idle.wait()
 
     async def stop_dispatching(self) -> None:
         """Stop popping batches; announces already handed to workers go on."""
@@ -74,23 +80,31 @@ class Dispatcher:
         return True
 
     async def stop(self) -> None:
-        """Cancel the dispatcher and the workers; in-flight announces are abandoned."""
-        for task in self._tasks:
+        """Cancel the dispatcher and every announce still in flight."""
+        await self.stop_dispatching()
+        running = list(self._running)
+        for task in running:
             task.cancel()
-
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._idle_workers.acquire()
+            while self.busy_workers >= self.target_workers:
+                self._worker_free.clear()
+                await self._worker_free.wait()
+
             batch = await self._next_due()
             while not self._admit(batch, self._clock()):
                 batch = await self._next_due()
 
             self._observe_lag(max(self._clock() - batch.due_s, 0.0))
             self.dispatched += 1
-            self._ready.put_nowait(batch)
+            self.busy_workers += 1
+            self._idle.clear()
+            task = loop.create_task(self._work(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _next_due(self) -> Batch:
         while True:
@@ -108,17 +122,14 @@ class Dispatcher:
             except asyncio.TimeoutError:
                 pass
 
-    async def _work(self) -> None:
-        while True:
-            batch = await self._ready.get()
-            self.busy_workers += 1
-            try:
-                await self._run_batch(batch)
-            except Exception:
-                # run_batch handles upstream failures itself; this is a bug, and the worker must survive it.
-                log.exception("worker.batch.crashed", info_hash=batch.info_hash.hex())
-            finally:
-                self.busy_workers -= 1
-                self._idle_workers.release()
-                async with self._batch_finished:
-                    self._batch_finished.notify_all()
+    async def _work(self, batch: Batch) -> None:
+        try:
+            await self._run_batch(batch)
+        except Exception:
+            # run_batch handles upstream failures itself; this is a bug, and the pool must survive it.
+            log.exception("worker.batch.crashed", info_hash=batch.info_hash.hex())
+        finally:
+            self.busy_workers -= 1
+            self._worker_free.set()
+            if self.busy_workers == 0:
+                self._idle.set()

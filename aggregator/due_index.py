@@ -1,7 +1,8 @@
 """The due-time index: every batch waiting for its next upstream announce, ordered by due time.
 
 The index is the queue. Nothing is dropped when workers are busy: due batches simply stay here
-past their due time until the dispatcher pops them.
+past their due time until the dispatcher pops them. Initial and event batches sit in their own
+list, so that when both kinds are overdue, they go before periodic refreshes.
 """
 
 from collections.abc import Callable
@@ -9,7 +10,12 @@ from itertools import count
 
 from sortedcontainers import SortedList
 
-from aggregator.batch import Batch
+from aggregator.batch import Batch, Priority
+
+# Values of Batch.in_index: which list holds the batch (0 for none).
+_NOT_INDEXED = 0
+_URGENT = 1  # Priority.INITIAL and Priority.EVENT
+_REFRESH = 2
 
 
 class DueIndex:
@@ -20,28 +26,29 @@ class DueIndex:
     """
 
     def __init__(self, on_new_earliest: Callable[[], None] = lambda: None) -> None:
-        # Batch defines __lt__ on (due_s, sequence), so the list contains the batches themselves.
-        self._batches = SortedList()
+        # Batch defines __lt__ on (due_s, sequence), so the lists contain the batches themselves.
+        self._lists = {_URGENT: SortedList(), _REFRESH: SortedList()}
         self._sequence = count()
         self.on_new_earliest = on_new_earliest
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return len(self._lists[_URGENT]) + len(self._lists[_REFRESH])
 
     def __contains__(self, batch: Batch) -> bool:
-        return batch.in_index
+        return bool(batch.in_index)
 
     def schedule(self, batch: Batch, due_s: float) -> None:
         """Insert the batch at `due_s`, or move it there if it is already in the index."""
         if batch.in_index:
-            self._batches.remove(batch)
+            self._lists[batch.in_index].remove(batch)
 
         batch.due_s = due_s
         batch.sequence = next(self._sequence)
-        self._batches.add(batch)
-        batch.in_index = True
+        target = _REFRESH if batch.priority is Priority.REFRESH else _URGENT
+        self._lists[target].add(batch)
+        batch.in_index = target
 
-        if self._batches[0] is batch:
+        if self.earliest() is batch:
             self.on_new_earliest()
 
     def remove(self, batch: Batch) -> None:
@@ -49,32 +56,41 @@ class DueIndex:
         if not batch.in_index:
             return
 
-        self._batches.remove(batch)
-        batch.in_index = False
+        self._lists[batch.in_index].remove(batch)
+        batch.in_index = _NOT_INDEXED
 
     def earliest(self) -> Batch | None:
-        if not self._batches:
+        """Return the batch with the smallest due time over both lists."""
+        fronts: list[Batch] = [batches[0] for batches in self._lists.values() if batches]
+        if not fronts:
             return None
 
-        first: Batch = self._batches[0]
-
-        return first
+        return min(fronts)
 
     def pop_due(self, now_s: float) -> Batch | None:
-        """Remove and return the earliest batch if it is due at `now_s`."""
-        if not self._batches or self._batches[0].due_s > now_s:
-            return None
+        """Remove and return a due batch: the oldest urgent one first, then the oldest refresh."""
+        for target in (_URGENT, _REFRESH):
+            batches = self._lists[target]
+            if batches and batches[0].due_s <= now_s:
+                batch: Batch = batches.pop(0)
+                batch.in_index = _NOT_INDEXED
+                return batch
 
-        batch: Batch = self._batches.pop(0)
-        batch.in_index = False
-
-        return batch
+        return None
 
     def count_due(self, now_s: float) -> int:
         """Count the batches whose due time has passed: the ready backlog."""
         probe = _DueProbe(now_s)
 
-        return int(self._batches.bisect_right(probe))
+        return sum(int(batches.bisect_right(probe)) for batches in self._lists.values())
+
+    def oldest_due_s(self, now_s: float) -> float | None:
+        """Return the due time of the longest-waiting due batch, or None if none is due."""
+        earliest = self.earliest()
+        if earliest is None or earliest.due_s > now_s:
+            return None
+
+        return earliest.due_s
 
 
 class _DueProbe:

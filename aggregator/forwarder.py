@@ -42,6 +42,7 @@ class HealthPolicy:
     disable_after_failures: int
     probe_base_s: float
     probe_max_s: float
+    throttle_defer_s: float = 60.0
 
 
 class ForwarderHealth:
@@ -116,6 +117,10 @@ class ForwarderRegistry:
         self._index = index
         self._clock = clock
         self.forwarders = [ForwarderHealth(position, name, policy.probe_base_s) for position, name in enumerate(names)]
+        self.throttle_allowed: frozenset[int] | None = None  # while throttling: the forwarders still served
+        self.throttled = 0  # batches deferred by throttling
+        self.deferred = 0  # batches moved because their forwarder was suspended or disabled
+        self._rotation = 0  # next forwarder outside the best ones, for max_forwarders_per_infohash
 
     def __getitem__(self, forwarder_index: int) -> ForwarderHealth:
         return self.forwarders[forwarder_index]
@@ -124,6 +129,12 @@ class ForwarderRegistry:
         """Return True if the batch may be announced now; otherwise move or park it and return False."""
         health = self.forwarders[batch.forwarder_index]
         health.deferred.discard(batch)
+
+        if self.throttle_allowed is not None and batch.forwarder_index not in self.throttle_allowed:
+            # Deferred, not dropped: the batch comes back when pressure is lower or this forwarder ranks better.
+            self.throttled += 1
+            self._index.schedule(batch, now_s + self.policy.throttle_defer_s)
+            return False
 
         if health.state is ForwarderState.SUSPENDED and now_s >= health.until_s:
             self._activate(health, "suspension over")
@@ -149,6 +160,33 @@ class ForwarderRegistry:
 
         health.inflight += 1
         return True
+
+    def set_throttle(self, allowed: frozenset[int] | None) -> None:
+        self.throttle_allowed = allowed
+
+    def ranked(self) -> list[int]:
+        """Return forwarder indexes, best score first; disabled and suspended ones last."""
+        def key(health: ForwarderHealth) -> tuple[bool, float]:
+            return (health.state is ForwarderState.ACTIVE, health.score)
+
+        return [health.index for health in sorted(self.forwarders, key=key, reverse=True)]
+
+    def pick(self, count: int) -> list[int]:
+        """Choose `count` forwarders for a new infohash: the best ones, plus one taken in turn from the rest.
+
+        The rotating pick spreads new infohashes over forwarders that do not rank first, so every
+        forwarder keeps getting work and a chance to prove a better score.
+        """
+        ranked = self.ranked()
+        if count <= 0 or count >= len(ranked):
+            return sorted(ranked)
+
+        chosen = ranked[: count - 1]
+        rest = ranked[count - 1 :]
+        chosen.append(rest[self._rotation % len(rest)])
+        self._rotation += 1
+
+        return sorted(chosen)
 
     def release(self, forwarder_index: int) -> None:
         """Free the in-flight slot of a finished announce and let one waiting batch go."""
@@ -237,6 +275,7 @@ class ForwarderRegistry:
         health.last_summary_s = now_s
 
     def _defer(self, health: ForwarderHealth, batch: Batch, until_s: float) -> None:
+        self.deferred += 1
         health.deferred.add(batch)
         self._index.schedule(batch, max(until_s, batch.due_s))
 

@@ -73,6 +73,10 @@ class AnnounceHandler:
         except RequestError as error:  # a denied infohash
             self.failures += 1
             return _failure(str(error)), event, "denied"
+        if result.failure_reason is not None:
+            body = encode_failure(result.failure_reason, result.interval, result.retry_in_min)
+            return web.Response(body=body, content_type=CONTENT_TYPE), event, "overloaded"
+
         body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
 
         return web.Response(body=body, content_type=CONTENT_TYPE), event, "ok"

@@ -92,6 +92,9 @@ class ServiceState:
     workers: int
     busy_workers: int
     coalesced_announces: int
+    throttled_batches: int
+    deferred_batches: int
+    refused_pairs: int
     upstream_cached_peers: int
     forwarder_states: list[tuple[str, str]]  # (forwarder name, state value)
     state_values: tuple[str, ...]  # every state a forwarder can be in, each exported as 0 or 1
@@ -121,11 +124,23 @@ class _StateCollector(Collector):
         for name, (help_text, value) in gauges.items():
             yield GaugeMetricFamily(name, help_text, value=value)
 
-        yield CounterMetricFamily(
-            "aggregator_coalesced_announces",
-            "Client announces that created no upstream work",
-            value=state.coalesced_announces,
-        )
+        counters = {
+            "aggregator_coalesced_announces": ("Client announces that created no upstream work", state.coalesced_announces),
+            "aggregator_throttled_batches": (
+                "Batches deferred by throttle_defer_s because their forwarder was not among the best while throttling",
+                state.throttled_batches,
+            ),
+            "aggregator_deferred_batches": (
+                "Batches moved to the end of their forwarder's suspension or to its next probe",
+                state.deferred_batches,
+            ),
+            "aggregator_refused_pairs": (
+                "(infohash, forwarder) pairs not opened because max_batches was reached",
+                state.refused_pairs,
+            ),
+        }
+        for name, (help_text, count) in counters.items():
+            yield CounterMetricFamily(name, help_text, value=count)
 
         forwarder_state = GaugeMetricFamily(
             "aggregator_forwarder_state", "1 for the current state of each forwarder", labels=["forwarder", "state"]

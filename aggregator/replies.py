@@ -55,9 +55,16 @@ def encode_scrape_reply(files: Mapping[bytes, ScrapeCounts]) -> bytes:
     return bencoding.encode({b"files": entries})
 
 
-def encode_failure(reason: str, interval: int) -> bytes:
-    """Encode a `failure reason` reply; `interval` is for clients that retry on a failure."""
-    return bencoding.encode({b"failure reason": reason, b"interval": interval})
+def encode_failure(reason: str, interval: int, retry_in_min: int | None = None) -> bytes:
+    """Encode a `failure reason` reply; `interval` is for clients that retry on a failure.
+
+    `retry_in_min` adds BEP 31 `retry in`; libtorrent ignores it, hence the interval as well.
+    """
+    reply: dict[bytes, Any] = {b"failure reason": reason, b"interval": interval}
+    if retry_in_min is not None:
+        reply[b"retry in"] = retry_in_min
+
+    return bencoding.encode(reply)
 
 
 def _peer_dict(endpoint: bytes) -> dict[bytes, Any]:

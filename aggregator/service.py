@@ -24,6 +24,7 @@ from aggregator.due_index import DueIndex
 from aggregator.forwarder import ForwarderRegistry, ForwarderState, HealthPolicy
 from aggregator.http_front import AnnounceHandler, ScrapeHandler, build_app
 from aggregator.metrics import Metrics, ServiceState
+from aggregator.overload import OverloadControl, OverloadPolicy, ScalingPolicy, WorkerScaler
 from aggregator.peer_cache import PeerCache
 from aggregator.snapshot import StateParts, read_snapshot, write_snapshot
 from aggregator.swarm import SwarmRegistry
@@ -39,8 +40,8 @@ log = structlog.get_logger("aggregator.service")
 MAX_SWEEP_PERIOD_S = 60.0
 # How often the access-list files are checked for a changed mtime, size or inode.
 ACCESS_POLL_PERIOD_S = 5.0
-# Pressure is the ready backlog divided by this many batches.
-BACKLOG_CAPACITY = 10_000
+# How often overload control measures pressure and adjusts workers and throttling.
+OVERLOAD_TICK_S = 1.0
 
 
 class Service:
@@ -55,24 +56,6 @@ class Service:
 
         self.metrics = Metrics()
         self.index = DueIndex()
-        self.table = BatchTable(
-            forwarder_count=len(self.forwarders),
-            index=self.index,
-            first_wait_s=settings.first_announce_wait_ms / 1000,
-            retry_base_s=settings.retry_base_s,
-            retry_max_s=settings.retry_max_s,
-        )
-        self.swarms = SwarmRegistry(settings.peer_ttl, self._on_swarm_emptied)
-        self.cache = PeerCache(settings.upstream_peer_ttl)
-        self.tracker = Tracker(
-            swarms=self.swarms,
-            table=self.table,
-            cache=self.cache,
-            policy=ReplyPolicy(settings.announce_interval, settings.min_interval, settings.first_interval),
-            forwarder_count=len(self.forwarders),
-            clock=clock,
-            metrics=self.metrics,
-        )
         self.registry = ForwarderRegistry(
             [f.name for f in self.forwarders],
             HealthPolicy(
@@ -81,9 +64,66 @@ class Service:
                 disable_after_failures=settings.disable_after_failures,
                 probe_base_s=settings.probe_base_s,
                 probe_max_s=settings.probe_max_s,
+                throttle_defer_s=settings.throttle_defer_s,
             ),
             self.index,
             clock,
+        )
+        self.overload = OverloadControl(
+            OverloadPolicy(
+                backlog_capacity=settings.backlog_capacity,
+                throttle_threshold=settings.throttle_threshold,
+                throttle_top_n=settings.throttle_top_n,
+                rate_limit_threshold=settings.rate_limit_threshold,
+                rate_limit_per_s=settings.rate_limit_per_s,
+                rate_limit_burst=settings.rate_limit_burst,
+            ),
+            WorkerScaler(
+                ScalingPolicy(
+                    min_workers=settings.min_workers,
+                    max_workers=settings.max_workers,
+                    up_threshold=settings.scale_up_threshold,
+                    down_threshold=settings.scale_down_threshold,
+                    up_lag_s=settings.scale_up_lag_s,
+                    cooldown_s=settings.scale_cooldown_s,
+                ),
+                clock(),
+            ),
+            count_ready=self.count_ready,
+            oldest_due_s=self.index.oldest_due_s,
+            set_workers=self._set_workers,
+            get_workers=self._get_workers,
+            rank_forwarders=self.registry.ranked,
+            set_throttle=self.registry.set_throttle,
+            now_s=clock(),
+        )
+        max_per_infohash = settings.max_forwarders_per_infohash
+        self.table = BatchTable(
+            forwarder_count=len(self.forwarders),
+            index=self.index,
+            first_wait_s=settings.first_announce_wait_ms / 1000,
+            retry_base_s=settings.retry_base_s,
+            retry_max_s=settings.retry_max_s,
+            max_batches=settings.max_batches,
+            choose_forwarders=partial(self.registry.pick, max_per_infohash) if max_per_infohash else None,
+        )
+        self.swarms = SwarmRegistry(settings.peer_ttl, self._on_swarm_emptied)
+        self.cache = PeerCache(settings.upstream_peer_ttl)
+        self.tracker = Tracker(
+            swarms=self.swarms,
+            table=self.table,
+            cache=self.cache,
+            policy=ReplyPolicy(
+                settings.announce_interval,
+                settings.min_interval,
+                settings.first_interval,
+                retry_interval=settings.retry_interval,
+                overload_failure=settings.overload_reply == "failure",
+            ),
+            forwarder_count=len(self.forwarders),
+            clock=clock,
+            metrics=self.metrics,
+            admit_new=self.overload.admit_new_infohash,
         )
         self.metrics.add_state_collector(self.read_state)
         self.identity = UpstreamIdentity()
@@ -136,6 +176,7 @@ class Service:
             loop.create_task(self._sweep(), name="sweeper"),
             loop.create_task(self.heartbeat.run(), name="heartbeat"),
             loop.create_task(self._sample_backlog(), name="backlog-history"),
+            loop.create_task(self._control_overload(), name="overload-control"),
         ]
         if self.access.configured:
             self._background.append(loop.create_task(self._poll_access_lists(), name="access-lists"))
@@ -175,7 +216,7 @@ class Service:
         self.dispatcher = Dispatcher(
             self.index,
             self.worker.run_batch,
-            settings.workers,
+            min(max(settings.workers, settings.min_workers), settings.max_workers),
             self._clock,
             admit=self.registry.admit,
             observe_lag=self.metrics.flush_lag.observe,
@@ -310,6 +351,24 @@ class Service:
         self.cache.expire(now_s)
         self.registry.flush_summaries(now_s)
 
+    async def _control_overload(self) -> None:
+        while True:
+            await asyncio.sleep(OVERLOAD_TICK_S)
+            self.overload.tick(self._clock())
+
+    def count_ready(self, now_s: float) -> int:
+        """Count the ready backlog: batches past their due time, in the index or waiting for a forwarder slot."""
+        waiting = sum(len(health.waiting) for health in self.registry.forwarders)
+
+        return self.index.count_due(now_s) + waiting
+
+    def _set_workers(self, count: int) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.set_workers(count)
+
+    def _get_workers(self) -> int:
+        return self.dispatcher.target_workers if self.dispatcher is not None else self.settings.workers
+
     async def _sample_backlog(self) -> None:
         while True:
             self.history.add(time.time(), self.index.count_due(self._clock()))
@@ -365,7 +424,7 @@ class Service:
     def read_state(self) -> ServiceState:
         """Count the state for /metrics and /stats; costs O(swarms + cached infohashes)."""
         dispatcher = self.dispatcher
-        ready_backlog = self.index.count_due(self._clock())
+        ready_backlog = self.count_ready(self._clock())
         seeders = sum(swarm.seeders for swarm in map(self.swarms.get, self.swarms.info_hashes()) if swarm is not None)
 
         return ServiceState(
@@ -375,10 +434,13 @@ class Service:
             leechers=self.swarms.peer_count - seeders,
             batches=self.table.batch_count,
             ready_backlog=ready_backlog,
-            pressure=ready_backlog / BACKLOG_CAPACITY,
-            workers=self.settings.workers,
+            pressure=ready_backlog / self.settings.backlog_capacity,
+            workers=self._get_workers(),
             busy_workers=dispatcher.busy_workers if dispatcher is not None else 0,
             coalesced_announces=self.tracker.coalesced,
+            throttled_batches=self.registry.throttled,
+            deferred_batches=self.registry.deferred,
+            refused_pairs=self.table.refused_pairs,
             upstream_cached_peers=self.cache.peer_count(),
             forwarder_states=[(health.name, health.state.value) for health in self.registry.forwarders],
             state_values=tuple(state.value for state in ForwarderState),

@@ -10,6 +10,7 @@ from aggregator.batch_table import BatchTable
 from aggregator.endpoints import make_endpoint
 from aggregator.errors import InfohashDeniedError
 from aggregator.metrics import Metrics
+from aggregator.overload import Admission, retry_in_minutes
 from aggregator.peer_cache import PeerCache
 from aggregator.swarm import Peer, Swarm, SwarmRegistry
 
@@ -21,6 +22,8 @@ class ReplyPolicy:
     announce_interval: int
     min_interval: int
     first_interval: int
+    retry_interval: int = 300  # for a client whose new infohash was not admitted
+    overload_failure: bool = False  # answer such a client with a BEP 31 failure instead of peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,8 @@ class AnnounceResult:
     incomplete: int
     local_peers: list[Peer]
     upstream_endpoints: list[bytes]
+    failure_reason: str | None = None  # set when overload_reply is "failure" and the infohash was not admitted
+    retry_in_min: int | None = None  # BEP 31 `retry in` that goes with failure_reason
 
 
 class Tracker:
@@ -57,8 +62,10 @@ class Tracker:
         clock: Callable[[], float],
         is_allowed: Callable[[bytes], bool] = lambda info_hash: True,
         metrics: Metrics | None = None,
+        admit_new: Callable[[float], Admission] = lambda now_s: Admission.ADMITTED,
     ) -> None:
         self._metrics = metrics
+        self._admit_new = admit_new  # overload control's decision for a first-seen infohash
         self.is_allowed = is_allowed  # the access lists; replaceable while running
         self.swarms = swarms
         self.table = table
@@ -67,6 +74,7 @@ class Tracker:
         self._forwarder_count = forwarder_count
         self._clock = clock
         self.coalesced = 0  # announces that created no upstream work
+        self.admission_counts = {decision: 0 for decision in Admission}
 
     async def announce(self, request: AnnounceRequest, packed_ip: bytes) -> AnnounceResult:
         """Record the announce and return the peers and counts to send back.
@@ -76,7 +84,7 @@ class Tracker:
         now_s = self._clock()
         info_hash = request.info_hash
         if not self.is_allowed(info_hash):
-            self._count_admission("denied")
+            self._count_admission(Admission.DENIED)
             raise InfohashDeniedError(info_hash)
         endpoint = make_endpoint(packed_ip, request.port)
 
@@ -88,7 +96,9 @@ class Tracker:
         swarm, swarm_created = self.swarms.announce(info_hash, endpoint, request.peer_id, request.left, now_s)
         if request.event is Event.COMPLETED:
             swarm.downloads += 1
-        torrent = self._coalesce(request, swarm, swarm_created, now_s)
+        torrent, admission = self._coalesce(request, swarm, swarm_created, now_s)
+        if admission is not Admission.ADMITTED:
+            return self._not_admitted(info_hash, swarm, endpoint, request.numwant, now_s)
 
         first_round = torrent.first_round if torrent is not None else None
         if first_round is not None and not first_round.done.done():
@@ -100,9 +110,23 @@ class Tracker:
 
         return self._result(info_hash, swarm, torrent, endpoint, request.numwant, now_s)
 
-    def _count_admission(self, decision: str) -> None:
+    def _count_admission(self, decision: Admission) -> None:
+        self.admission_counts[decision] += 1
         if self._metrics is not None:
-            self._metrics.admission.labels(decision).inc()
+            self._metrics.admission.labels(decision.value).inc()
+
+    def _not_admitted(
+        self, info_hash: bytes, swarm: Swarm, endpoint: bytes, numwant: int, now_s: float
+    ) -> AnnounceResult:
+        """Reply with what is known locally, and ask the client to come back after retry_interval."""
+        result = self._result(info_hash, swarm, None, endpoint, numwant, now_s)
+        result.interval = self._policy.retry_interval
+        result.min_interval = min(self._policy.min_interval, result.interval)
+        if self._policy.overload_failure:
+            result.failure_reason = "tracker overloaded: new torrents are accepted at a limited rate, retry later"
+            result.retry_in_min = retry_in_minutes(self._policy.retry_interval)
+
+        return result
 
     def scrape(self, info_hashes: list[bytes]) -> list[ScrapeCounts]:
         """Return the counts of each infohash, in request order; unknown or denied ones get zeros.
@@ -134,15 +158,16 @@ class Tracker:
 
     def _coalesce(
         self, request: AnnounceRequest, swarm: Swarm, swarm_created: bool, now_s: float
-    ) -> TorrentBatches | None:
+    ) -> tuple[TorrentBatches | None, Admission]:
         """Fold the announce into the infohash's batches; only events touch the schedule."""
         if not self._forwarder_count:
-            return None
+            return None, Admission.ADMITTED
 
         torrent = self.table.get(request.info_hash)
         if torrent is None:
-            torrent = self.table.open(request.info_hash, now_s)
-            self._count_admission("admitted")
+            torrent, admission = self._open(request.info_hash, now_s)
+            if torrent is None:
+                return None, admission
         elif swarm_created:
             self.table.note_swarm_refilled(torrent, now_s)
         elif request.event is not Event.COMPLETED or torrent.completed_sent:
@@ -155,7 +180,21 @@ class Tracker:
         if request.event is Event.COMPLETED:
             self.table.note_completed(torrent, now_s)
 
-        return torrent
+        return torrent, Admission.ADMITTED
+
+    def _open(self, info_hash: bytes, now_s: float) -> tuple[TorrentBatches | None, Admission]:
+        """Open the batches of a first-seen infohash unless overload control or max_batches refuses."""
+        admission = self._admit_new(now_s)
+        torrent = None
+        if admission is Admission.ADMITTED:
+            full = self.table.room() == 0
+            torrent = self.table.open(info_hash, now_s)  # counts the refused pairs when full
+            if full:
+                admission, torrent = Admission.REFUSED_FULL, None
+
+        self._count_admission(admission)
+
+        return torrent, admission
 
     def _result(
         self,

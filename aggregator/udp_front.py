@@ -258,6 +258,11 @@ class UdpTracker:
             self._send(transport, address, build_error_reply(transaction_id, "internal error"))
             return
 
+        if result.failure_reason is not None:
+            self._observe(event, "overloaded", time.perf_counter() - started_s)
+            self._send(transport, address, build_error_reply(transaction_id, result.failure_reason))
+            return
+
         self.announce_replies += 1
         self._observe(event, "ok", time.perf_counter() - started_s)
         endpoint_bytes = IPV4_ENDPOINT_BYTES if len(packed_ip) == 4 else IPV6_ENDPOINT_BYTES

@@ -55,6 +55,19 @@ def test_defaults_without_sources() -> None:
     assert settings.log_level == "info"
 
 
+def default_as_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, ListenAddress):
+        return f"[{value.host}]:{value.port}" if ":" in value.host else f"{value.host}:{value.port}"
+    if isinstance(value, tuple):
+        return ",".join(default_as_text(item) for item in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+
+    return str(value)
+
+
 def test_every_field_settable_by_env_and_flag() -> None:
     parser = build_argument_parser()
     options = {option for action in parser._actions for option in action.option_strings}
@@ -66,9 +79,15 @@ def test_every_field_settable_by_env_and_flag() -> None:
         flag = "--" + field.name.replace("_", "-")
         assert flag in options, flag
 
-    # Each AGGREGATOR_<KEY> name is accepted, which a typo in the key table would break.
-    environ = {"AGGREGATOR_" + field.name.upper(): "" for field in dataclasses.fields(Settings)}
-    environ.update(
+    # Each AGGREGATOR_<KEY> name is accepted with its default written as text.
+    defaults = Settings()
+    for field in dataclasses.fields(Settings):
+        if field.name == "forwarders":
+            continue
+        name = "AGGREGATOR_" + field.name.upper()
+        assert load_settings([], {name: default_as_text(getattr(defaults, field.name))}) == defaults, name
+
+    environ = dict(
         {
             "AGGREGATOR_LISTEN": "127.0.0.1:1",
             "AGGREGATOR_LOG_LEVEL": "debug",
@@ -102,6 +121,7 @@ def test_every_field_settable_by_env_and_flag() -> None:
             "AGGREGATOR_DRAIN_TIMEOUT_S": "7",
             "AGGREGATOR_ACCESS_LOG": "1",
             "AGGREGATOR_ACCESS_LOG_SAMPLE": "0.25",
+            "AGGREGATOR_ADMIN_LISTEN": "",
         }
     )
     settings = load_settings([], environ)
