@@ -41,26 +41,29 @@ UPSTREAM_ANNOUNCE_TIMEOUT_S = 10.0
 QUIET_WINDOW_S = 2.0
 
 
-def aggregator_config(opentracker: OpenTracker) -> dict[str, Any]:
+def aggregator_config(opentracker: OpenTracker, transport: str = "http") -> dict[str, Any]:
+    uri = opentracker.udp_announce_url if transport == "udp" else opentracker.announce_url
     return {
         "listen": f"{LOOPBACK}:0",
-        "forwarders": [{"uri": opentracker.announce_url, "name": "opentracker"}],
+        "forwarders": [{"uri": uri, "name": "opentracker"}],
         "first_announce_wait_ms": 3000,
     }
 
 
+@pytest.mark.parametrize("transport", ["http", "udp"])
 def test_download_through_aggregator(
     opentracker: OpenTracker,
     aria2: Aria2,
     tmp_path: Path,
     record_property: Callable[[str, Any], None],
+    transport: str,
 ) -> None:
     torrent = make_torrent(tmp_path, PAYLOAD_BYTES, opentracker.announce_url)
     opentracker.allow(torrent.infohash)
     seeder = aria2.start_seeder(torrent)
     opentracker.wait_for_seeders(torrent.infohash, watched=[seeder])
 
-    with start_aggregator(tmp_path, aggregator_config(opentracker)) as service:
+    with start_aggregator(tmp_path, aggregator_config(opentracker, transport)) as service:
         leecher_torrent = torrent.with_announce(service.announce_url)
         # No --bt-tracker-interval: the leecher re-announces only at the interval the
         # aggregator returns, so the seeder must be in the aggregator's first reply.
@@ -75,7 +78,7 @@ def test_download_through_aggregator(
         assert sha256_of_file(result.downloaded_path) == torrent.content_sha256, result.process.describe()
 
     record_property("download_seconds", round(result.elapsed_s, 3))
-    print(f"\n8 MiB download through the aggregator took {result.elapsed_s:.2f} s")
+    print(f"\n8 MiB download through the aggregator ({transport} forwarder) took {result.elapsed_s:.2f} s")
 
 
 def announce_client(service: RunningService, infohash: bytes, port: int) -> dict[bytes, Any]:
