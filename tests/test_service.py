@@ -3,74 +3,38 @@
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
-from urllib.parse import quote_from_bytes
 
 import aiohttp
 import bencode2
 import pytest
 from aiohttp import web
 
-from aggregator.config import ForwarderConfig, ListenAddress, Settings
+from aggregator.config import Settings
 from aggregator.service import Service
 from aggregator.upstream_reply import FailureKind
 from tests.fake_clock import FakeClock
 from tests.fake_tracker import FakeTracker, compact_peer
+from tests.service_harness import announce_query as harness_announce_query
+from tests.service_harness import fake_trackers, serving, settings_for
 
 INFO_HASH = bytes(range(0x20, 0x34))  # contains 0x20 and 0x2B, the bytes '+' handling breaks
 
 
 def base_settings(trackers: list[FakeTracker], **overrides: object) -> Settings:
-    forwarders = tuple(
-        ForwarderConfig(uri=tracker.announce_url, name=f"fake{number}", ip=None, host=None)
-        for number, tracker in enumerate(trackers)
-    )
-    settings = Settings(
-        listen=(ListenAddress("127.0.0.1", 0),), forwarders=forwarders, first_announce_wait_ms=2000, admin_listen=None
-    )
-
-    return replace(settings, **overrides)  # type: ignore[arg-type]
+    return settings_for(trackers, **overrides)
 
 
 @asynccontextmanager
 async def running(
     settings: Settings, clock: Callable[[], float] | None = None
 ) -> AsyncIterator[tuple[Service, aiohttp.ClientSession, str]]:
-    service = Service(settings, clock=clock) if clock is not None else Service(settings)
-    await service.start()
-    host, port = service.bound[0]
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield service, session, f"http://{host}:{port}/announce"
-    finally:
-        await service.stop()
-
-
-@asynccontextmanager
-async def fake_trackers(count: int) -> AsyncIterator[list[FakeTracker]]:
-    trackers = [FakeTracker() for _ in range(count)]
-    for tracker in trackers:
-        await tracker.start()
-    try:
-        yield trackers
-    finally:
-        for tracker in trackers:
-            await tracker.stop()
+    """Like service_harness.serving, but yield the announce URL."""
+    async with serving(settings, clock) as (service, session, base):
+        yield service, session, f"{base}/announce"
 
 
 def announce_query(port: int, info_hash: bytes = INFO_HASH, **extra: str) -> str:
-    fields = {
-        "info_hash": quote_from_bytes(info_hash, safe=""),
-        "peer_id": quote_from_bytes(b"-TR4000-" + port.to_bytes(12, "big"), safe=""),
-        "port": str(port),
-        "uploaded": "0",
-        "downloaded": "0",
-        "left": "1000",
-        "compact": "1",
-    }
-    fields.update(extra)
-
-    return "&".join(f"{name}={value}" for name, value in fields.items())
+    return harness_announce_query(port, info_hash, **extra)
 
 
 async def announce(session: aiohttp.ClientSession, url: str, query: str) -> tuple[int, dict[bytes, object]]:
