@@ -56,39 +56,10 @@ class Service:
 
         self.metrics = Metrics()
         self.index = DueIndex()
-        self.registry = ForwarderRegistry(
-            [f.name for f in self.forwarders],
-            HealthPolicy(
-                max_inflight=settings.forwarder_max_inflight,
-                suspend_s=settings.suspend_s,
-                disable_after_failures=settings.disable_after_failures,
-                probe_base_s=settings.probe_base_s,
-                probe_max_s=settings.probe_max_s,
-                throttle_defer_s=settings.throttle_defer_s,
-            ),
-            self.index,
-            clock,
-        )
+        self.registry = _make_registry(settings, self.index, clock)
         self.overload = OverloadControl(
-            OverloadPolicy(
-                backlog_capacity=settings.backlog_capacity,
-                throttle_threshold=settings.throttle_threshold,
-                throttle_top_n=settings.throttle_top_n,
-                rate_limit_threshold=settings.rate_limit_threshold,
-                rate_limit_per_s=settings.rate_limit_per_s,
-                rate_limit_burst=settings.rate_limit_burst,
-            ),
-            WorkerScaler(
-                ScalingPolicy(
-                    min_workers=settings.min_workers,
-                    max_workers=settings.max_workers,
-                    up_threshold=settings.scale_up_threshold,
-                    down_threshold=settings.scale_down_threshold,
-                    up_lag_s=settings.scale_up_lag_s,
-                    cooldown_s=settings.scale_cooldown_s,
-                ),
-                clock(),
-            ),
+            _overload_policy(settings),
+            WorkerScaler(_scaling_policy(settings), clock()),
             count_ready=self.count_ready,
             oldest_due_s=self.index.oldest_due_s,
             set_workers=self._set_workers,
@@ -489,6 +460,41 @@ class Service:
         ]
 
         return numbers
+
+
+def _make_registry(settings: Settings, index: DueIndex, clock: Callable[[], float]) -> ForwarderRegistry:
+    policy = HealthPolicy(
+        max_inflight=settings.forwarder_max_inflight,
+        suspend_s=settings.suspend_s,
+        disable_after_failures=settings.disable_after_failures,
+        probe_base_s=settings.probe_base_s,
+        probe_max_s=settings.probe_max_s,
+        throttle_defer_s=settings.throttle_defer_s,
+    )
+
+    return ForwarderRegistry([forwarder.name for forwarder in settings.forwarders], policy, index, clock)
+
+
+def _overload_policy(settings: Settings) -> OverloadPolicy:
+    return OverloadPolicy(
+        backlog_capacity=settings.backlog_capacity,
+        throttle_threshold=settings.throttle_threshold,
+        throttle_top_n=settings.throttle_top_n,
+        rate_limit_threshold=settings.rate_limit_threshold,
+        rate_limit_per_s=settings.rate_limit_per_s,
+        rate_limit_burst=settings.rate_limit_burst,
+    )
+
+
+def _scaling_policy(settings: Settings) -> ScalingPolicy:
+    return ScalingPolicy(
+        min_workers=settings.min_workers,
+        max_workers=settings.max_workers,
+        up_threshold=settings.scale_up_threshold,
+        down_threshold=settings.scale_down_threshold,
+        up_lag_s=settings.scale_up_lag_s,
+        cooldown_s=settings.scale_cooldown_s,
+    )
 
 
 def _bind(address: ListenAddress) -> socket.socket:
