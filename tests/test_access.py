@@ -287,6 +287,30 @@ async def test_reload_callback_rereads_lists(tmp_path: Path) -> None:
         assert service.tracker.is_allowed(OTHER) is False
 
 
+async def test_reload_drops_newly_denied_swarm(tmp_path: Path) -> None:
+    denylist = tmp_path / "deny.txt"
+    write_list(denylist, DENIED.hex() + "\n", mtime_ns=1_000_000_000_000_000_000)
+    async with fake_trackers(1) as trackers:
+        settings = settings_for(trackers, infohash_denylist=str(denylist))
+        async with serving(settings) as (service, session, url):
+            await get_bencoded(session, f"{url}/announce?{announce_query(7001, OTHER)}")
+            await trackers[0].wait_for_announces(1)
+            assert service.dispatcher is not None
+            await service.dispatcher.wait_until_idle()
+
+            write_list(denylist, OTHER.hex() + "\n", mtime_ns=1_000_000_000_000_000_000)
+            reload = service.reload_access_lists()
+            assert reload is not None
+            await asyncio.wait_for(reload, timeout=5)
+
+            assert service.swarms.get(OTHER) is None
+            assert service.table.get(OTHER) is None
+            assert service.cache.get(OTHER) is None
+            assert len(service.index) == 0
+            await service.dispatcher.wait_until_idle()
+            assert len(trackers[0].announces) == 1  # no upstream `stopped` for a denied torrent
+
+
 # The command line: SIGHUP and the start error
 
 
