@@ -38,7 +38,7 @@ class Metrics:
         )
         self.reply_latency = Histogram(
             "aggregator_reply_latency_seconds",
-            "Time from a parsed client request to its encoded reply",
+            "Time to answer a client announce, from its handler to the encoded reply",
             ["transport"],
             buckets=REPLY_BUCKETS_S,
             registry=self.registry,

@@ -88,6 +88,8 @@ def read_snapshot(path: str, parts: StateParts) -> LoadCounts | None:
         if document.get("version") != VERSION:
             raise ValueError(f"version {document.get('version')!r}, expected {VERSION}")
 
+        # NOTE: load_state applies entries as it reads them, so an invalid entry late in a file
+        # that passed the checks above is logged as ignored, but the entries before it stay loaded.
         return load_state(document, parts)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         log.warning("snapshot.ignored", path=path, error=f"{type(error).__name__}: {error}")
@@ -278,6 +280,10 @@ def _load_torrent(
         batch.failures = int(batch_doc["failures"])
         # Whatever came due while the process was down is due now, not in a burst later.
         table.restore_batch(batch, now_s + max(float(batch_doc["due_in_s"]) - down_s, 0.0))
+
+    # Without this count, clients of a restored infohash whose upstreams returned no peers would
+    # get `first_interval` forever, because only a batch's first success increments it.
+    torrent.replied = sum(not batch.retired and batch.last_success_s is not None for batch in torrent.batches)
 
     return sum(not batch.retired for batch in torrent.batches)
 

@@ -953,6 +953,18 @@ class RunningService(ManagedProcess):
         if self.popen.stdout is not None and not self._reader.is_alive():
             self.popen.stdout.close()
 
+    def wait_for_exit(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Wait until the process exits by itself and its last log line is read; return the exit code.
+
+        Fails the test if the process still runs after `timeout_s`. Unlike `stop`, it sends no signal.
+        """
+        try:
+            code = self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the aggregator did not exit within {timeout_s:.1f} s\n{self.describe()}")
+        self._reader.join(timeout_s)
+        return code
+
     def __enter__(self) -> RunningService:
         return self
 
