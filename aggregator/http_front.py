@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from aggregator.access_log import AccessLog
 from aggregator.announce import ID_BYTES, AnnounceLimits, parse_announce
 from aggregator.client_address import ClientAddressRules
 from aggregator.errors import RequestError
@@ -33,9 +34,11 @@ class AnnounceHandler:
         tracker_id: bytes | None,
         address_rules: ClientAddressRules | None = None,
         metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._tracker = tracker
         self._metrics = metrics
+        self._access_log = access_log
         self._limits = limits
         self._tracker_id = tracker_id
         # Without rules, only the socket peer address counts.
@@ -44,24 +47,27 @@ class AnnounceHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         started_s = time.perf_counter()
-        response, event, outcome = await self._announce(request)
+        response, event, outcome, info_hash = await self._announce(request)
+        latency_s = time.perf_counter() - started_s
         if self._metrics is not None:
-            self._metrics.observe_announce("http", event, outcome, time.perf_counter() - started_s)
+            self._metrics.observe_announce("http", event, outcome, latency_s)
+        if self._access_log is not None:
+            self._access_log.record("http", "announce", request.remote or "", outcome, latency_s, event, info_hash)
 
         return response
 
-    async def _announce(self, request: web.Request) -> tuple[web.Response, str, str]:
-        """Return the reply with the `event` and outcome labels for the metrics."""
+    async def _announce(self, request: web.Request) -> tuple[web.Response, str, str, bytes | None]:
+        """Return the reply, the `event` and outcome labels for the metrics, and the infohash if valid."""
         try:
             announce = parse_announce(request.rel_url.raw_query_string, self._limits)
             client = self._address_rules.client_address(_peer_address(request), request.headers)
         except RequestError as error:
             self.failures += 1
-            return _failure(str(error)), "unknown", "invalid"
+            return _failure(str(error)), "unknown", "invalid", None
         except ValueError as error:
             self.failures += 1
             log.warning("http.announce.no_client_address", error=str(error))
-            return _failure("internal error: the client address could not be read"), "unknown", "error"
+            return _failure("internal error: the client address could not be read"), "unknown", "error", None
 
         address, port = self._address_rules.announced_endpoint(client, announce)
         if port != announce.port:
@@ -72,14 +78,14 @@ class AnnounceHandler:
             result = await self._tracker.announce(announce, address.packed)
         except RequestError as error:  # a denied infohash
             self.failures += 1
-            return _failure(str(error)), event, "denied"
+            return _failure(str(error)), event, "denied", announce.info_hash
         if result.failure_reason is not None:
             body = encode_failure(result.failure_reason, result.interval, result.retry_in_min)
-            return web.Response(body=body, content_type=CONTENT_TYPE), event, "overloaded"
+            return web.Response(body=body, content_type=CONTENT_TYPE), event, "overloaded", announce.info_hash
 
         body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
 
-        return web.Response(body=body, content_type=CONTENT_TYPE), event, "ok"
+        return web.Response(body=body, content_type=CONTENT_TYPE), event, "ok", announce.info_hash
 
 
 class ScrapeHandler:
@@ -89,20 +95,37 @@ class ScrapeHandler:
     traffic. A denied infohash gets zeros, like an unknown one, and a full scrape leaves it out.
     """
 
-    def __init__(self, tracker: Tracker, max_hashes: int, full_scrape: bool, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        max_hashes: int,
+        full_scrape: bool,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self._tracker = tracker
         self._metrics = metrics
+        self._access_log = access_log
         self._max_hashes = max_hashes
         self._full_scrape = full_scrape
         self.failures = 0
 
     async def handle(self, request: web.Request) -> web.Response:
+        started_s = time.perf_counter()
+        response, outcome = self._scrape(request)
+        if self._metrics is not None:
+            self._metrics.scrapes.labels("http", outcome).inc()
+        if self._access_log is not None:
+            self._access_log.record("http", "scrape", request.remote or "", outcome, time.perf_counter() - started_s)
+
+        return response
+
+    def _scrape(self, request: web.Request) -> tuple[web.Response, str]:
         try:
             info_hashes = parse_scrape(request.rel_url.raw_query_string, self._max_hashes, self._full_scrape)
         except RequestError as error:
             self.failures += 1
-            self._count("invalid")
-            return _failure(str(error))
+            return _failure(str(error)), "invalid"
 
         if info_hashes is None:
             # NOTE: a full scrape encodes every local swarm in one pass on the event loop. With very
@@ -112,13 +135,8 @@ class ScrapeHandler:
 
         counts = self._tracker.scrape(info_hashes)
         body = encode_scrape_reply(dict(zip(info_hashes, counts)))
-        self._count("ok")
 
-        return web.Response(body=body, content_type=CONTENT_TYPE)
-
-    def _count(self, outcome: str) -> None:
-        if self._metrics is not None:
-            self._metrics.scrapes.labels("http", outcome).inc()
+        return web.Response(body=body, content_type=CONTENT_TYPE), "ok"
 
 
 def parse_scrape(raw_query: str, max_hashes: int, full_scrape: bool) -> list[bytes] | None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from aggregator import __version__
 from aggregator.access import AccessLists
+from aggregator.access_log import AccessLog
 from aggregator.admin import HISTORY_PERIOD_S, AdminApp, BacklogHistory, Heartbeat
 from aggregator.announce import AnnounceLimits
 from aggregator.batch_table import BatchTable
@@ -103,11 +104,13 @@ class Service:
         )
         self.address_rules = ClientAddressRules(settings.trusted_proxies, settings.trusted_ip_param_networks)
         self.access = AccessLists(settings.infohash_denylist, settings.infohash_allowlist)
+        self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
         self.udp = UdpTracker(
             self.tracker,
             AnnounceLimits(settings.default_numwant, settings.max_numwant),
             ConnectionIds(clock),  # the service clock, so tests can expire connection ids
             self.metrics,
+            self.access_log,
         )
         self.heartbeat = Heartbeat()
         self.history = BacklogHistory()
@@ -220,8 +223,10 @@ class Service:
         settings = self.settings
         tracker_id = settings.tracker_id.encode() if settings.tracker_id else None
         limits = AnnounceLimits(settings.default_numwant, settings.max_numwant)
-        handler = AnnounceHandler(self.tracker, limits, tracker_id, self.address_rules, self.metrics)
-        scrape_handler = ScrapeHandler(self.tracker, settings.max_scrape_hashes, settings.full_scrape, self.metrics)
+        handler = AnnounceHandler(self.tracker, limits, tracker_id, self.address_rules, self.metrics, self.access_log)
+        scrape_handler = ScrapeHandler(
+            self.tracker, settings.max_scrape_hashes, settings.full_scrape, self.metrics, self.access_log
+        )
         # In-flight client requests get the drain time to finish (a first announce waits for upstreams).
         self._runner = web.AppRunner(
             build_app(handler, scrape_handler),
@@ -248,15 +253,21 @@ class Service:
         busy = self.dispatcher.busy_workers if self.dispatcher is not None else 0
         log.info("drain.started", upstream_in_flight=busy, swarms=len(self.swarms), peers=self.swarms.peer_count)
 
+        # One deadline for the whole drain, so it ends within drain_timeout_s (plus the cancelling).
+        deadline_s = started_s + self.settings.drain_timeout_s
+
+        # Clients first, while the dispatcher still runs: a first announce may wait for batches
+        # that are not yet sent. The HTTP runner's own shutdown timeout is drain_timeout_s.
+        client_drains = [self.udp.close(grace_s=self.settings.drain_timeout_s)]
         if self._runner is not None:
-            await self._runner.cleanup()
-        await self.udp.close(grace_s=self.settings.drain_timeout_s)
+            client_drains.append(self._runner.cleanup())
+        await asyncio.gather(*client_drains)
 
         finished = True
         cancelled = 0
         if self.dispatcher is not None:
             await self.dispatcher.stop_dispatching()
-            finished = await self.dispatcher.drain(self.settings.drain_timeout_s)
+            finished = await self.dispatcher.drain(max(deadline_s - time.monotonic(), 0.0))
             cancelled = self.dispatcher.busy_workers
             await self.dispatcher.stop()
 
@@ -342,7 +353,7 @@ class Service:
 
     async def _sample_backlog(self) -> None:
         while True:
-            self.history.add(time.time(), self.index.count_due(self._clock()))
+            self.history.add(time.time(), self.count_ready(self._clock()))
             await asyncio.sleep(HISTORY_PERIOD_S)
 
     def reload_access_lists(self) -> asyncio.Task[None] | None:

@@ -19,6 +19,7 @@ import structlog
 
 from aggregator.batch import Batch, Priority, TorrentBatches, UpstreamEvent
 from aggregator.batch_table import BatchTable
+from aggregator.due_index import DueIndex
 from aggregator.forwarder import ForwarderRegistry, ForwarderState
 from aggregator.peer_cache import PeerCache
 from aggregator.swarm import SwarmRegistry
@@ -39,6 +40,21 @@ class StateParts:
     registry: ForwarderRegistry
     peer_ttl_s: float
     clock: Callable[[], float]
+
+
+    def scratch(self) -> "StateParts":
+        """Return empty state of the same shape, to try a load on."""
+        index = DueIndex()
+        names = [health.name for health in self.registry.forwarders]
+
+        return StateParts(
+            swarms=SwarmRegistry(self.peer_ttl_s, lambda info_hash: None),
+            table=BatchTable(len(names), index, first_wait_s=0.0, retry_base_s=1.0, retry_max_s=1.0),
+            cache=PeerCache(self.peer_ttl_s),
+            registry=ForwarderRegistry(names, self.registry.policy, index, self.clock),
+            peer_ttl_s=self.peer_ttl_s,
+            clock=self.clock,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +104,9 @@ def read_snapshot(path: str, parts: StateParts) -> LoadCounts | None:
         if document.get("version") != VERSION:
             raise ValueError(f"version {document.get('version')!r}, expected {VERSION}")
 
-        # NOTE: load_state applies entries as it reads them, so an invalid entry late in a file
-        # that passed the checks above is logged as ignored, but the entries before it stay loaded.
+        # A first pass into empty, throwaway state finds a bad entry anywhere in the file before
+        # anything real is touched, so a rejected file leaves the service empty, not half loaded.
+        load_state(document, parts.scratch())
         return load_state(document, parts)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         log.warning("snapshot.ignored", path=path, error=f"{type(error).__name__}: {error}")

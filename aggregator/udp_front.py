@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import structlog
 
+from aggregator.access_log import AccessLog
 from aggregator.announce import AnnounceLimits
 from aggregator.config import ListenAddress
 from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, pack_ip
@@ -101,9 +102,11 @@ class UdpTracker:
         limits: AnnounceLimits,
         connection_ids: ConnectionIds,
         metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._tracker = tracker
         self._metrics = metrics
+        self._access_log = access_log
         self._limits = limits
         self._connection_ids = connection_ids
         self._transports: list[asyncio.DatagramTransport] = []
@@ -224,7 +227,7 @@ class UdpTracker:
             announce = parse_announce(packet, self._limits)
         except (UdpPacketError, RequestError) as error:
             self.invalid_requests += 1
-            self._observe("unknown", "invalid", None)
+            self._observe("unknown", "invalid", None, address, None)
             self._reject(transport, address, transaction_id, str(error))
             return
 
@@ -244,7 +247,7 @@ class UdpTracker:
             result = await self._tracker.announce(announce.request, packed_ip)
         except RequestError as error:  # a denied infohash
             self.denied_announces += 1
-            self._observe(event, "denied", None)
+            self._observe(event, "denied", None, address, announce.request.info_hash)
             self._reject(transport, address, transaction_id, str(error))
             return
         except Exception:
@@ -259,12 +262,12 @@ class UdpTracker:
             return
 
         if result.failure_reason is not None:
-            self._observe(event, "overloaded", time.perf_counter() - started_s)
+            self._observe(event, "overloaded", time.perf_counter() - started_s, address, announce.request.info_hash)
             self._send(transport, address, build_error_reply(transaction_id, result.failure_reason))
             return
 
         self.announce_replies += 1
-        self._observe(event, "ok", time.perf_counter() - started_s)
+        self._observe(event, "ok", time.perf_counter() - started_s, address, announce.request.info_hash)
         endpoint_bytes = IPV4_ENDPOINT_BYTES if len(packed_ip) == 4 else IPV6_ENDPOINT_BYTES
         reply = build_announce_reply(
             transaction_id,
@@ -275,9 +278,14 @@ class UdpTracker:
         )
         self._send(transport, address, reply)
 
-    def _observe(self, event: str, outcome: str, latency_s: float | None) -> None:
+    def _observe(
+        self, event: str, outcome: str, latency_s: float | None, address: Address, info_hash: bytes | None
+    ) -> None:
         if self._metrics is not None:
             self._metrics.observe_announce("udp", event, outcome, latency_s)
+        if self._access_log is not None:
+            client = str(address[0])
+            self._access_log.record("udp", "announce", client, outcome, latency_s or 0.0, event, info_hash)
 
     def _reject(
         self,

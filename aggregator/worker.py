@@ -73,6 +73,7 @@ class UpstreamWorker:
             return
         except Exception:
             # A bug, not an upstream fault: log it and keep the batch scheduled rather than lose it.
+            self._observe(batch.forwarder_index, FailureKind.INTERNAL.value, self._clock() - started_s)
             log.exception(
                 "upstream.announce.crashed",
                 forwarder=self.registry[batch.forwarder_index].name,

@@ -50,8 +50,6 @@ LIST_SETTINGS = {
 
 # Facts about a setting that its help text in config.py does not state.
 NOTES = {
-    "access_log": "NOTE: accepted, but no access log is written yet",
-    "access_log_sample": "NOTE: accepted, but no access log is written yet",
 }
 
 # Sections of the page, each starting at the named setting and running in Settings field order.

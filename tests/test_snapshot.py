@@ -379,7 +379,15 @@ def empty(valid: bytes) -> bytes:
     return b""
 
 
-@pytest.mark.parametrize("damage", [corrupt_bytes, other_format, wrong_version, truncated, empty])
+def bad_late_entry(valid: bytes) -> bytes:
+    # Swarms and batches are valid; only the forwarder health, read last, is broken.
+    document = orjson.loads(valid)
+    document["forwarders"] = [{"name": "alpha"}]
+
+    return orjson.dumps(document)
+
+
+@pytest.mark.parametrize("damage", [corrupt_bytes, other_format, wrong_version, truncated, empty, bad_late_entry])
 async def test_bad_snapshot_ignored(tmp_path: Path, trackers: dict[str, FakeTracker], damage: Any) -> None:
     state_file = tmp_path / "state.json"
     settings = snapshot_settings([forwarder("alpha", trackers["alpha"])], state_file)
