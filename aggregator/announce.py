@@ -60,7 +60,7 @@ class AnnounceRequest:
         return self.left == 0
 
 
-def parse_announce(raw_query: str, limits: AnnounceLimits) -> AnnounceRequest:
+def parse_announce(raw_query: str | bytes, limits: AnnounceLimits) -> AnnounceRequest:
     """Parse and validate an announce query; raise RequestError naming the first bad parameter."""
     fields: dict[str, bytes] = {}
     for name, value in parse_query(raw_query):

@@ -79,6 +79,7 @@ class Settings:
     log_level: str = "info"  # debug, info, warning or error
 
     # Client-facing protocol.
+    http_server: str = "fast"  # "fast": a lean httptools server for the client port; "aiohttp": aiohttp
     udp_listen: tuple[ListenAddress, ...] = ()  # BEP 15 UDP tracker addresses; empty = UDP off
     max_scrape_hashes: int = 64  # info_hash values accepted in one HTTP scrape
     full_scrape: bool = False  # serve /scrape without info_hash (every swarm)
@@ -316,6 +317,11 @@ _SCALAR_RULES: dict[str, _ScalarRule] = {
     "tracker_id": _TextRule("`tracker id` sent in replies", optional=True),
     "log_level": _TextRule("log level", choices=_LOG_LEVELS, metavar="LEVEL"),
     "max_scrape_hashes": _IntRule(1, 1000, "maximum info_hash values in one HTTP scrape"),
+    "http_server": _TextRule(
+        "HTTP server of the client port: fast (a lean httptools server) or aiohttp",
+        choices=("fast", "aiohttp"),
+        metavar="KIND",
+    ),
     "full_scrape": _BoolRule("serve /scrape without info_hash, listing every swarm"),
     "infohash_denylist": _TextRule(
         "file of infohashes (40 hex digits a line) that are rejected and never forwarded upstream. "

@@ -4,6 +4,8 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
+from multidict import MultiMapping
+
 import structlog
 from aiohttp import web
 
@@ -46,28 +48,37 @@ class AnnounceHandler:
         self.failures = 0
 
     async def handle(self, request: web.Request) -> web.Response:
+        """Serve /announce through aiohttp."""
+        body = await self.respond(request.rel_url.raw_query_string, _peer_address(request), request.headers)
+
+        return web.Response(body=body, content_type=CONTENT_TYPE)
+
+    async def respond(self, raw_query: str | bytes, peer: str, headers: MultiMapping[str]) -> bytes:
+        """Return the bencoded reply body to one announce from `peer`; any HTTP layer can call it."""
         started_s = time.perf_counter()
-        response, event, outcome, info_hash = await self._announce(request)
+        body, event, outcome, info_hash = await self._announce(raw_query, peer, headers)
         latency_s = time.perf_counter() - started_s
         if self._metrics is not None:
             self._metrics.observe_announce("http", event, outcome, latency_s)
         if self._access_log is not None:
-            self._access_log.record("http", "announce", request.remote or "", outcome, latency_s, event, info_hash)
+            self._access_log.record("http", "announce", peer, outcome, latency_s, event, info_hash)
 
-        return response
+        return body
 
-    async def _announce(self, request: web.Request) -> tuple[web.Response, str, str, bytes | None]:
+    async def _announce(
+        self, raw_query: str | bytes, peer: str, headers: MultiMapping[str]
+    ) -> tuple[bytes, str, str, bytes | None]:
         """Return the reply, the `event` and outcome labels for the metrics, and the infohash if valid."""
         try:
-            announce = parse_announce(request.rel_url.raw_query_string, self._limits)
-            client = self._address_rules.client_address(_peer_address(request), request.headers)
+            announce = parse_announce(raw_query, self._limits)
+            client = self._address_rules.client_address(peer, headers)
         except RequestError as error:
             self.failures += 1
-            return _failure(str(error)), "unknown", "invalid", None
+            return _failure_body(str(error)), "unknown", "invalid", None
         except ValueError as error:
             self.failures += 1
             log.warning("http.announce.no_client_address", error=str(error))
-            return _failure("internal error: the client address could not be read"), "unknown", "error", None
+            return _failure_body("internal error: the client address could not be read"), "unknown", "error", None
 
         address, port = self._address_rules.announced_endpoint(client, announce)
         if port != announce.port:
@@ -78,14 +89,14 @@ class AnnounceHandler:
             result = await self._tracker.announce(announce, address.packed)
         except RequestError as error:  # a denied infohash
             self.failures += 1
-            return _failure(str(error)), event, "denied", announce.info_hash
+            return _failure_body(str(error)), event, "denied", announce.info_hash
         if result.failure_reason is not None:
             body = encode_failure(result.failure_reason, result.interval, result.retry_in_min)
-            return web.Response(body=body, content_type=CONTENT_TYPE), event, "overloaded", announce.info_hash
+            return body, event, "overloaded", announce.info_hash
 
         body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
 
-        return web.Response(body=body, content_type=CONTENT_TYPE), event, "ok", announce.info_hash
+        return body, event, "ok", announce.info_hash
 
 
 class ScrapeHandler:
@@ -111,21 +122,28 @@ class ScrapeHandler:
         self.failures = 0
 
     async def handle(self, request: web.Request) -> web.Response:
+        """Serve /scrape through aiohttp."""
+        body = self.respond(request.rel_url.raw_query_string, request.remote or "")
+
+        return web.Response(body=body, content_type=CONTENT_TYPE)
+
+    def respond(self, raw_query: str | bytes, peer: str) -> bytes:
+        """Return the bencoded reply body to one scrape; any HTTP layer can call it."""
         started_s = time.perf_counter()
-        response, outcome = self._scrape(request)
+        body, outcome = self._scrape(raw_query)
         if self._metrics is not None:
             self._metrics.scrapes.labels("http", outcome).inc()
         if self._access_log is not None:
-            self._access_log.record("http", "scrape", request.remote or "", outcome, time.perf_counter() - started_s)
+            self._access_log.record("http", "scrape", peer, outcome, time.perf_counter() - started_s)
 
-        return response
+        return body
 
-    def _scrape(self, request: web.Request) -> tuple[web.Response, str]:
+    def _scrape(self, raw_query: str | bytes) -> tuple[bytes, str]:
         try:
-            info_hashes = parse_scrape(request.rel_url.raw_query_string, self._max_hashes, self._full_scrape)
+            info_hashes = parse_scrape(raw_query, self._max_hashes, self._full_scrape)
         except RequestError as error:
             self.failures += 1
-            return _failure(str(error)), "invalid"
+            return _failure_body(str(error)), "invalid"
 
         if info_hashes is None:
             # NOTE: a full scrape encodes every local swarm in one pass on the event loop. With very
@@ -134,12 +152,11 @@ class ScrapeHandler:
             info_hashes = [info_hash for info_hash in self._tracker.swarms.info_hashes() if is_allowed(info_hash)]
 
         counts = self._tracker.scrape(info_hashes)
-        body = encode_scrape_reply(dict(zip(info_hashes, counts)))
 
-        return web.Response(body=body, content_type=CONTENT_TYPE), "ok"
+        return encode_scrape_reply(dict(zip(info_hashes, counts))), "ok"
 
 
-def parse_scrape(raw_query: str, max_hashes: int, full_scrape: bool) -> list[bytes] | None:
+def parse_scrape(raw_query: str | bytes, max_hashes: int, full_scrape: bool) -> list[bytes] | None:
     """Return the info_hash values of a scrape query in request order, or None for a full scrape.
 
     Raises RequestError for a value that is not 20 bytes, for more than `max_hashes` values, and
@@ -170,8 +187,12 @@ def _peer_address(request: web.Request) -> str:
     return address
 
 
+def _failure_body(reason: str) -> bytes:
+    return encode_failure(reason, FAILURE_INTERVAL_S)
+
+
 def _failure(reason: str) -> web.Response:
-    return web.Response(body=encode_failure(reason, FAILURE_INTERVAL_S), content_type=CONTENT_TYPE)
+    return web.Response(body=_failure_body(reason), content_type=CONTENT_TYPE)
 
 
 @web.middleware

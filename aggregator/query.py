@@ -8,15 +8,17 @@ encoding, and literal characters and `%XX` escapes may be mixed in one value.
 from urllib.parse import unquote_to_bytes
 
 
-def parse_query(raw_query: str) -> list[tuple[str, bytes]]:
+def parse_query(raw_query: str | bytes) -> list[tuple[str, bytes]]:
     """Split a raw query string into (name, value) pairs in order, percent-decoding each value.
 
     Names are decoded too and kept as text; repeated names (scrape's info_hash) stay separate pairs.
     An invalid escape such as "%zz" is kept literally, as urllib does.
     """
     pairs: list[tuple[str, bytes]] = []
-    # surrogatepass: a query string built by another transport may hold lone surrogates.
-    for field in raw_query.encode("utf-8", "surrogatepass").split(b"&"):
+    # Bytes come straight from the request line. surrogatepass: a query string built by another
+    # transport may hold lone surrogates.
+    raw = raw_query if isinstance(raw_query, bytes) else raw_query.encode("utf-8", "surrogatepass")
+    for field in raw.split(b"&"):
         if not field:
             continue
 

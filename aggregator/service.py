@@ -23,6 +23,7 @@ from aggregator.config import ForwarderConfig, ListenAddress, Settings, settings
 from aggregator.dispatcher import Dispatcher
 from aggregator.due_index import DueIndex
 from aggregator.forwarder import ForwarderRegistry, ForwarderState, HealthPolicy
+from aggregator.http_fast import FastHttpServer
 from aggregator.http_front import AnnounceHandler, ScrapeHandler, build_app
 from aggregator.metrics import Metrics, ServiceState
 from aggregator.overload import OverloadControl, OverloadPolicy, ScalingPolicy, WorkerScaler
@@ -116,7 +117,8 @@ class Service:
         self.history = BacklogHistory()
 
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.AppRunner | None = None  # the client port on aiohttp (http_server: aiohttp)
+        self._fast_http: FastHttpServer | None = None  # the client port on the lean server (the default)
         self._admin_runner: web.AppRunner | None = None
         self.dispatcher: Dispatcher | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -227,17 +229,25 @@ class Service:
         scrape_handler = ScrapeHandler(
             self.tracker, settings.max_scrape_hashes, settings.full_scrape, self.metrics, self.access_log
         )
-        # In-flight client requests get the drain time to finish (a first announce waits for upstreams).
-        self._runner = web.AppRunner(
-            build_app(handler, scrape_handler),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=settings.drain_timeout_s,
-        )
-        await self._runner.setup()
+        if settings.http_server == "aiohttp":
+            # In-flight client requests get the drain time to finish (a first announce waits for upstreams).
+            self._runner = web.AppRunner(
+                build_app(handler, scrape_handler),
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=settings.drain_timeout_s,
+            )
+            await self._runner.setup()
+        else:
+            self._fast_http = FastHttpServer(handler, scrape_handler)
+
         for address in settings.listen:
             sock = _bind(address)
-            await web.SockSite(self._runner, sock).start()
+            if self._runner is not None:
+                await web.SockSite(self._runner, sock).start()
+            else:
+                assert self._fast_http is not None
+                await self._fast_http.listen(sock)
             host, port = sock.getsockname()[:2]
             self.bound.append((host, port))
             log.info("listening", transport="http", host=host, port=port)
@@ -261,6 +271,8 @@ class Service:
         client_drains = [self.udp.close(grace_s=self.settings.drain_timeout_s)]
         if self._runner is not None:
             client_drains.append(self._runner.cleanup())
+        if self._fast_http is not None:
+            client_drains.append(self._fast_http.close(grace_s=self.settings.drain_timeout_s))
         await asyncio.gather(*client_drains)
 
         finished = True

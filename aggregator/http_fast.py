@@ -1,0 +1,242 @@
+"""A lean HTTP/1.1 server for the client port: GET /announce and GET /scrape only.
+
+Announces are tiny requests that many clients send on a new connection each time. aiohttp's
+application stack costs about 130 µs per connection, which caps it well below what opentracker
+serves; a bare asyncio protocol with httptools' C parser does the same work in a fraction of
+that (docs/benchmarks.md). So the client port is served here, with keep-alive and pipelining,
+while the admin port stays on aiohttp.
+"""
+
+import asyncio
+import collections
+import socket
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from aggregator.http_front import AnnounceHandler, ScrapeHandler
+
+log = structlog.get_logger("aggregator.http")
+
+# A request line plus headers above this size is rejected: announces are a few hundred bytes.
+MAX_HEAD_BYTES = 16 * 1024
+# A keep-alive connection that sends nothing for this long is closed.
+IDLE_TIMEOUT_S = 15.0
+# Only these request headers are kept: the client-address rules read them.
+_KEPT_HEADERS = frozenset({b"x-forwarded-for", b"x-real-ip"})
+_EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+@dataclass(slots=True)
+class _Request:
+    method: bytes
+    target: bytes  # path and query, as sent
+    headers: CIMultiDictProxy[str]
+    keep_alive: bool
+    http_1_0: bool
+
+
+class FastHttpServer:
+    """Serves /announce and /scrape on listening sockets through `_Connection` protocols."""
+
+    def __init__(self, announce: AnnounceHandler, scrape: ScrapeHandler) -> None:
+        self.announce = announce
+        self.scrape = scrape
+        self._servers: list[asyncio.Server] = []
+        self.connections: set["_Connection"] = set()
+        self.closing = False
+
+    async def listen(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._servers.append(server)
+
+    async def close(self, grace_s: float) -> None:
+        """Stop accepting, let requests in progress finish for up to `grace_s`, then close every connection."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+
+        busy = [connection.idle for connection in self.connections if not connection.idle.is_set()]
+        if busy and grace_s > 0:
+            await asyncio.wait([asyncio.ensure_future(event.wait()) for event in busy], timeout=grace_s)
+
+        for connection in list(self.connections):
+            connection.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests with httptools and replies in request order."""
+
+    def __init__(self, server: FastHttpServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._peer = ""
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.idle = asyncio.Event()  # set while no request is being served
+        self.idle.set()
+        # The request being parsed.
+        self._target = bytearray()
+        self._headers: CIMultiDict[str] | None = None
+        self._head_bytes = 0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but they have the same methods.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else ""
+        self._server.connections.add(self)
+        self._arm_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+        self.idle.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._arm_idle_timer()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, b"upgrade is not supported")
+        except httptools.HttpParserError:
+            # httptools wraps an exception raised in a callback, such as _HeadTooLarge, in its own.
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._reject(431, b"request head too large")
+            else:
+                self._reject(400, b"invalid HTTP request")
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._target = bytearray()
+        self._headers = None
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        if name.lower() in _KEPT_HEADERS:
+            if self._headers is None:
+                self._headers = CIMultiDict()
+            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_message_complete(self) -> None:
+        headers = CIMultiDictProxy(self._headers) if self._headers is not None else _EMPTY_HEADERS
+        request = _Request(
+            method=self._parser.get_method(),
+            target=bytes(self._target),
+            headers=headers,
+            keep_alive=self._parser.should_keep_alive(),
+            http_1_0=self._parser.get_http_version() == "1.0",
+        )
+        self._pending.append(request)
+        if self._worker is None:
+            self.idle.clear()
+            self._worker = asyncio.get_running_loop().create_task(self._serve_pending())
+
+    # Serving
+
+    async def _serve_pending(self) -> None:
+        """Answer queued requests one by one, so pipelined replies keep the request order."""
+        try:
+            while self._pending and self._transport is not None:
+                request = self._pending.popleft()
+                status, body = await self._respond(request)
+                keep_alive = request.keep_alive and not self._server.closing
+                self._write(status, body, keep_alive, request.http_1_0)
+                if not keep_alive:
+                    self.abort()
+                    return
+        except Exception:
+            log.exception("http.request.crashed", client=self._peer)
+            self._write(500, b"", keep_alive=False, http_1_0=False)
+            self.abort()
+        finally:
+            self._worker = None
+            self.idle.set()
+
+    async def _respond(self, request: _Request) -> tuple[int, bytes]:
+        if request.method != b"GET":
+            return 405, b""
+
+        path, _, query = request.target.partition(b"?")
+        if path == b"/announce":
+            return 200, await self._server.announce.respond(query, self._peer, request.headers)
+        if path == b"/scrape":
+            return 200, self._server.scrape.respond(query, self._peer)
+
+        return 404, b""
+
+    def _write(self, status: int, body: bytes, keep_alive: bool, http_1_0: bool) -> None:
+        if self._transport is None:
+            return
+
+        connection = b""
+        if not keep_alive:
+            connection = b"Connection: close\r\n"
+        elif http_1_0:
+            connection = b"Connection: keep-alive\r\n"
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n" % (
+            status,
+            _REASONS.get(status, b"Error"),
+            len(body),
+            connection,
+        )
+        self._transport.write(head + body)
+
+    def _reject(self, status: int, body: bytes) -> None:
+        self._write(status, body, keep_alive=False, http_1_0=False)
+        self.abort()
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self.idle.is_set() and not self._pending:
+            self.abort()
+        else:
+            self._arm_idle_timer()
+
+
+class _HeadTooLarge(Exception):
+    """The request line and headers passed MAX_HEAD_BYTES."""
+
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+}
