@@ -12,7 +12,7 @@ from sortedcontainers import SortedList
 
 from aggregator.batch import Batch, Priority
 
-# Values of Batch.in_index: which list holds the batch (0 for none).
+# Values of Batch.in_index: the list that contains the batch (0 for none).
 _NOT_INDEXED = 0
 _URGENT = 1  # Priority.INITIAL and Priority.EVENT
 _REFRESH = 2

@@ -13,7 +13,7 @@ PAIR_FAILURE_DEFER_S = 6 * 3600.0
 
 
 class Verdict(enum.Enum):
-    """What a failure does: to the forwarder first, then to the batch."""
+    """Consequence of a failure, for the forwarder first, then for the batch."""
 
     RETRY = "retry"  # forwarder: failure counted; batch: exponential back-off with jitter
     SUSPEND = "suspend"  # forwarder: suspended until Retry-After or suspend_s; batch: deferred to then

@@ -1,6 +1,6 @@
 """Forwarder health: state (active, suspended, disabled), latency and success averages, admission.
 
-The dispatcher asks `ForwarderRegistry.admit` before it hands a batch to a worker. A batch of a
+The dispatcher calls `ForwarderRegistry.admit` before it hands a batch to a worker. A batch of a
 suspended or disabled forwarder is moved to the time the forwarder may be tried again, so it is
 popped once per state change, never in a busy loop. A batch beyond the forwarder's in-flight
 cap waits in that forwarder's queue until one of its announces finishes.
@@ -229,7 +229,7 @@ class ForwarderRegistry:
         self._count_for_summary(health, kind, now_s)
 
         if verdict in (Verdict.DEFER_PAIR, Verdict.STOP_PAIR):
-            # The tracker answered; only this torrent is refused, so the forwarder stays healthy.
+            # The tracker replied, and only this torrent is rejected, so the forwarder stays healthy.
             health.consecutive_failures = 0
             if health.state is ForwarderState.DISABLED and health.probing:
                 self._activate(health, "tracker replied")

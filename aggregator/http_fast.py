@@ -2,8 +2,8 @@
 
 Announces are tiny requests that many clients send on a new connection each time. aiohttp's
 application stack costs about 130 µs per connection, which caps it well below what opentracker
-serves; a bare asyncio protocol with httptools' C parser does the same work in a fraction of
-that (docs/benchmarks.md). So the client port is served here, with keep-alive and pipelining,
+serves. A bare asyncio protocol with httptools' C parser does the same work in a fraction of
+that (docs/benchmarks.md), so the client port is served here, with keep-alive and pipelining,
 while the admin port stays on aiohttp.
 """
 
@@ -160,7 +160,7 @@ class _Connection(asyncio.Protocol):
     # Serving
 
     async def _serve_pending(self) -> None:
-        """Answer queued requests one by one, so pipelined replies keep the request order."""
+        """Serve queued requests one by one, so pipelined replies keep the request order."""
         try:
             while self._pending and self._transport is not None:
                 request = self._pending.popleft()

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 # The *_created series double the number of series and no dashboard here reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# Client replies are answered from memory, so most fall in the first buckets.
+# Client replies come from memory, so most fall in the first buckets.
 REPLY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UPSTREAM_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FLUSH_LAG_BUCKETS_S = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)

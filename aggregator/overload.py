@@ -2,8 +2,8 @@
 
 Pressure is the ready backlog (batches past their due time that no worker has taken yet)
 divided by `backlog_capacity`. `OverloadControl.tick` runs once a second: it measures pressure
-and flush lag, resizes the worker pool and turns throttling on or off. Admission of new
-infohashes asks `admit_new_infohash` on every first announce. docs/overload.md describes each
+and flush lag, resizes the worker pool and turns throttling on or off. The announce core calls
+`admit_new_infohash` on the first announce of every infohash. docs/overload.md describes each
 policy and its setting.
 """
 

@@ -1,7 +1,7 @@
 """State snapshot: swarms, batch schedule, upstream peer cache and forwarder health in one file.
 
 Written at shutdown (temporary file, fsync, rename, so a crash never leaves half a file) and
-loaded at start, so a restart neither forgets clients nor sends upstream announces that were not
+loaded at start, so a restart neither loses clients nor sends upstream announces that were not
 due. Times are stored relative to the moment of writing, because the monotonic clock of one
 process means nothing to the next; on load the time the process was down is subtracted.
 """

@@ -23,7 +23,7 @@ class ReplyPolicy:
     min_interval: int
     first_interval: int
     retry_interval: int = 300  # for a client whose new infohash was not admitted
-    overload_failure: bool = False  # answer such a client with a BEP 31 failure instead of peers
+    overload_failure: bool = False  # reply to such a client with a BEP 31 failure instead of peers
 
 
 @dataclass(frozen=True, slots=True)
