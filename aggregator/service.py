@@ -159,6 +159,9 @@ class Service:
 
         await self._start_admin()
         await self._start_client_listeners()
+        # TODO: with hundreds of thousands of batches, Python's full garbage collections pause the
+        # loop for tens of milliseconds (bench/burst.py); freezing long-lived state needs the
+        # batch <-> torrent reference cycles broken first.
         self.ready = True
         log.info("service.ready", swarms=len(self.swarms), batches=self.table.batch_count)
 
