@@ -62,7 +62,10 @@ class FastHttpServer:
 
         busy = [connection.idle for connection in self.connections if not connection.idle.is_set()]
         if busy and grace_s > 0:
-            await asyncio.wait([asyncio.ensure_future(event.wait()) for event in busy], timeout=grace_s)
+            waiters = [asyncio.ensure_future(event.wait()) for event in busy]
+            await asyncio.wait(waiters, timeout=grace_s)
+            for waiter in waiters:
+                waiter.cancel()
 
         for connection in list(self.connections):
             connection.abort()
