@@ -6,12 +6,14 @@ Builds the service's components with Service(settings) and one forwarder, but st
 so nothing listens. Then it fills --pool swarms with --swarm-size peers and 50 upstream peers
 each, as bench/http_announce.py does in its warm-up. Last, it times each step of the
 aggregator's HTTP announce handler on the kind of queries that bench/announce.lua sends. It prints
-microseconds per call, the median over --repeats runs. The HTTP layer's own cost is what
+microseconds per call, the median over --repeats runs, and how long one full garbage collection
+takes over everything the process then keeps. The HTTP layer's own cost is what
 bench/http_announce.py --floors measures.
 """
 
 import argparse
 import asyncio
+import gc
 import random
 import statistics
 import sys
@@ -63,8 +65,13 @@ def time_per_call(run_all: Callable[[], Any], calls: int, repeats: int) -> float
 
 
 async def measure(args: argparse.Namespace) -> dict[str, float]:
+    # Nothing is started, so these forwarders are never contacted.
+    forwarders = tuple(
+        ForwarderConfig(f"http://127.0.0.1:9/forwarder-{index}/announce", f"unused-{index}", None, None)
+        for index in range(args.forwarders)
+    )
     settings = Settings(
-        forwarders=(ForwarderConfig("http://127.0.0.1:9/announce", "unused", None, None),),
+        forwarders=forwarders,
         first_announce_wait_ms=0,
         admin_listen=None,
     )
@@ -127,6 +134,10 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         lambda: [metrics.observe_announce("http", "none", "ok", 0.0001) for _ in range(calls)], calls, args.repeats
     )
     costs["reply peer count (check)"] = float(len(results[-1].local_peers) + len(results[-1].upstream_endpoints))
+    costs["tracked objects (check)"] = float(len(gc.get_objects()))
+    started = time.perf_counter()
+    gc.collect()
+    costs["full garbage collection, gc.collect() (check)"] = (time.perf_counter() - started) * 1e6
 
     return costs
 
@@ -137,16 +148,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs per step; the median is printed")
     parser.add_argument("--pool", type=int, default=1000, help="infohashes")
     parser.add_argument("--swarm-size", type=int, default=100, help="peer slots per infohash")
+    parser.add_argument("--forwarders", type=int, default=1, help="forwarders, so batches per infohash")
     args = parser.parse_args()
 
     costs = asyncio.run(measure(args))
     peers = costs.pop("reply peer count (check)")
+    tracked = costs.pop("tracked objects (check)")
+    collection_us = costs.pop("full garbage collection, gc.collect() (check)")
     print(f"{'step':<62} {'µs per call':>12}")
     for step, micros in costs.items():
         print(f"{step:<62} {micros:>12.2f}")
     steps = [micros for step, micros in costs.items() if not step.startswith("  ")]
     print(f"{'sum of the steps':<62} {sum(steps):>12.2f}")
     print(f"(each reply carries {peers:.0f} peers)")
+    print(f"one full garbage collection over {tracked:,.0f} tracked objects: {collection_us / 1000:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ time that the loop spends on the trackers and on the clients themselves.
 Parts (--parts):
 - burst: the client trace against the aggregator, then the same trace against a reference
   model that queues one upstream job per client announce (bench/burst_reference.py). Each is
-  measured until every pair of a replying tracker was announced once, or for --deadline
-  seconds after the client phase.
+  measured until every pair of a replying tracker was announced once, or the reference has
+  no job left, or for at most --deadline seconds after the client phase.
 - memory: traced Python memory per batch after opening --memory-batches batches in a fresh
   BatchTable and DueIndex (bench/burst_micro.py).
 - handoff: how many due batches per second the Dispatcher hands to workers whose run_batch
@@ -305,13 +305,13 @@ def admitted_pairs(service: Service) -> set[tuple[int, bytes]]:
 
 
 async def wait_for_pairs(
-    pairs: Iterable[tuple[int, bytes]], upstreams: FakeUpstreams, deadline_s: float, done: Callable[[], bool]
+    pairs: Iterable[tuple[int, bytes]], upstreams: FakeUpstreams, deadline_s: float, idle: Callable[[], bool]
 ) -> None:
-    """Wait until every pair of a replying kind was requested once and `done()` holds, or until deadline_s."""
+    """Wait until every pair of a replying kind was requested once, `idle()` holds, or deadline_s passes."""
     waiting_for = {pair for pair in pairs if upstreams.kinds[pair[0]] in REPLYING_KINDS}
     while time.monotonic() < deadline_s:
         waiting_for -= upstreams.counts.first_seen_s.keys()
-        if not waiting_for and done():
+        if not waiting_for or idle():
             return
         await asyncio.sleep(SAMPLE_PERIOD_S)
 
@@ -332,7 +332,8 @@ async def run_aggregator_burst(
         client_end_s = time.monotonic()
         tracked_objects = len(gc.get_objects())
         pairs = admitted_pairs(service)
-        await wait_for_pairs(pairs, upstreams, client_end_s + args.deadline, lambda: True)
+        # The service is never idle: failed and deferred batches stay scheduled.
+        await wait_for_pairs(pairs, upstreams, client_end_s + args.deadline, lambda: False)
         waited_s = time.monotonic() - client_end_s
         await sampler.stop()
 
@@ -493,6 +494,7 @@ async def run_reference_burst(
         client_end_s = time.monotonic()
         tracked_objects = len(gc.get_objects())
         offered = {(index, item.info_hash) for item in trace for index in range(len(upstreams.kinds))}
+        # Once its queue is empty and its workers are idle, the reference sends nothing more.
         await wait_for_pairs(offered, upstreams, client_end_s + args.deadline, lambda: reference.idle)
         waited_s = time.monotonic() - client_end_s
         await sampler.stop()

@@ -62,7 +62,7 @@ class RequestCounts:
 
 
 class FakeUpstreams:
-    """One fake tracker per entry of `kinds`; `announce_urls[i]` is the URI of tracker i."""
+    """One fake tracker per entry of `kinds`, tracker i reachable at `announce_urls[i]`."""
 
     def __init__(self, kinds: list[str], limited_after: int) -> None:
         unknown = sorted(set(kinds) - set(KINDS))
