@@ -1,13 +1,13 @@
 """Measure the CPU cost of each step of an HTTP announce in one process, without the HTTP layer.
 
-Run: python bench/announce_path.py [--announces 20000] [--repeats 5]
+Run: python bench/announce_path.py [--announces 20000] [--repeats 5] [--forwarders 1]
 
-Builds the service's components with Service(settings) and one forwarder, but starts nothing,
-so nothing listens. Then it fills --pool swarms with --swarm-size peers and 50 upstream peers
-each, as bench/http_announce.py does in its warm-up. Last, it times each step of the
-aggregator's HTTP announce handler on the kind of queries that bench/announce.lua sends. It prints
-microseconds per call, the median over --repeats runs, and how long one full garbage collection
-takes over everything the process then keeps. The HTTP layer's own cost is what
+Builds the service's components with Service(settings) and --forwarders forwarders, but starts
+nothing, so nothing listens. Then it fills --pool swarms with --swarm-size peers and 50 upstream
+peers each, as bench/http_announce.py does in its warm-up. Last, it times each step of the
+aggregator's HTTP announce handler on the kind of queries that bench/announce.lua sends. It
+prints microseconds per call, the median over --repeats runs, and how long one full garbage
+collection takes over everything the process then keeps. The HTTP layer's own cost is what
 bench/http_announce.py --floors measures.
 """
 
