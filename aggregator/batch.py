@@ -53,7 +53,7 @@ class Batch:
         self.forwarder_index = forwarder_index
         self.due_s = 0.0
         self.sequence = 0
-        self.in_index = 0  # which DueIndex list holds the batch; 0 for none
+        self.in_index = 0  # which DueIndex list contains the batch, or 0 for none
         self.in_flight = False
         self.retired = False
         self.priority = Priority.INITIAL

@@ -117,9 +117,12 @@ class Dispatcher:
 
             earliest = self._index.earliest()
             timeout_s = None if earliest is None else max(earliest.due_s - now_s, 0.0)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the inner wait ends (CPython gh-86296), and stop() would then hang.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
                 pass
 
     async def _work(self, batch: Batch) -> None:

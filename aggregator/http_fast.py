@@ -25,6 +25,8 @@ log = structlog.get_logger("aggregator.http")
 MAX_HEAD_BYTES = 16 * 1024
 # A keep-alive connection that sends nothing for this long is closed.
 IDLE_TIMEOUT_S = 15.0
+# Pending connections the kernel queues; a short queue drops SYNs during a long loop pause.
+LISTEN_BACKLOG = 1024
 # Only these request headers are kept: the client-address rules read them.
 _KEPT_HEADERS = frozenset({b"x-forwarded-for", b"x-real-ip"})
 _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -51,7 +53,8 @@ class FastHttpServer:
 
     async def listen(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        # create_server listens again with its own backlog (100 by default), so pass ours.
+        server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=LISTEN_BACKLOG)
         self._servers.append(server)
 
     async def close(self, grace_s: float) -> None:

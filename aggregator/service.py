@@ -169,7 +169,10 @@ class Service:
         settings = self.settings
         # One session for every upstream: its connection pool is shared by all workers.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(settings.workers, 1), ttl_dns_cache=int(settings.dns_cache_ttl_s)),
+            # Sized for the most workers scaling can reach, so no announce waits for a pooled connection.
+            connector=aiohttp.TCPConnector(
+                limit=max(settings.max_workers, settings.workers), ttl_dns_cache=int(settings.dns_cache_ttl_s)
+            ),
             headers={"User-Agent": f"aggregator/{__version__}"},
         )
         http = HttpUpstream(

@@ -3,7 +3,7 @@
 Written at shutdown (temporary file, fsync, rename, so a crash never leaves half a file) and
 loaded at start, so a restart neither loses clients nor sends upstream announces that were not
 due. Times are stored relative to the moment of writing, because the monotonic clock of one
-process means nothing to the next; on load the time the process was down is subtracted.
+process means nothing to the next. On load, the time the process was down is subtracted.
 """
 
 import os

@@ -68,7 +68,7 @@ async def test_udp_forwarder_coalesces_and_refreshes() -> None:
         assert len(udp.connects) == 1  # the connection id was reused within a minute of real time
 
 
-async def test_silent_udp_forwarder_times_out_and_keeps_http_peers() -> None:
+async def test_silent_udp_forwarder_times_out() -> None:
     async with udp_and_http() as (service, session, url, udp, clock):
         udp.on_connect = Reply.SILENT
 

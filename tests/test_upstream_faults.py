@@ -281,7 +281,7 @@ async def test_hanging_upstream_never_delays_clients() -> None:
         assert len(service.registry[1].waiting) == 3
         assert len(trackers[1].announces) == 1 + 2  # the first infohash's, then two in flight
 
-        # A known infohash is answered from the cache while the upstream still hangs.
+        # A known infohash is served from the cache while the upstream still hangs.
         status, reply = await announce(session, url, announce_query(7002))
         assert status == 200
         assert GOOD_PEER in compact_endpoints(reply[b"peers"])
