@@ -57,6 +57,18 @@ class ClientAddressRules:
 
         return address
 
+    def is_plain_peer(self, peer: str, client: IPAddress) -> bool:
+        """Whether no header and no parameter can change the address of clients from `peer`.
+
+        True when the peer is no trusted proxy and its address is outside the trusted networks.
+        """
+        return client == self._peer_address(peer) and not _contains(self._proxies, client) and not _contains(
+            self._ip_param_networks, client
+        )
+
+    def _peer_address(self, peer: str) -> IPAddress:
+        return _normalize(ipaddress.ip_address(peer))
+
     def announced_endpoint(self, client: IPAddress, request: AnnounceRequest) -> tuple[IPAddress, int]:
         """Return the address and port to register for an announce from `client`.
 

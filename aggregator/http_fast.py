@@ -10,12 +10,13 @@ while the admin port stays on aiohttp.
 import asyncio
 import collections
 import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import cast
 
 import httptools
 import structlog
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from aggregator.http_front import AnnounceHandler, ScrapeHandler
 
@@ -23,7 +24,7 @@ log = structlog.get_logger("aggregator.http")
 
 # A request line plus headers above this size is rejected: announces are a few hundred bytes.
 MAX_HEAD_BYTES = 16 * 1024
-# A keep-alive connection that sends nothing for this long is closed.
+# A keep-alive connection that sends nothing for one to two of these periods is closed.
 IDLE_TIMEOUT_S = 15.0
 # Pending connections the kernel queues; a short queue drops SYNs during a long loop pause.
 LISTEN_BACKLOG = 1024
@@ -34,11 +35,14 @@ _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 @dataclass(slots=True)
 class _Request:
+    """A request queued behind one whose reply waits for upstreams (pipelining keeps the order)."""
+
     method: bytes
     target: bytes  # path and query, as sent
-    headers: CIMultiDictProxy[str]
+    headers: MultiMapping[str]
     keep_alive: bool
     http_1_0: bool
+    reply: Awaitable[tuple[int, bytes]] | None = None  # set when the reply was started already
 
 
 class FastHttpServer:
@@ -49,13 +53,20 @@ class FastHttpServer:
         self.scrape = scrape
         self._servers: list[asyncio.Server] = []
         self.connections: set["_Connection"] = set()
+        self.busy: set["_Connection"] = set()  # connections whose replies wait for upstreams
+        self._drained: asyncio.Future[None] | None = None
         self.closing = False
 
     async def listen(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         # create_server listens again with its own backlog (100 by default), so pass ours.
-        server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=LISTEN_BACKLOG)
+        server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=LISTEN_BACKLOG)
         self._servers.append(server)
+
+    def note_idle(self, connection: "_Connection") -> None:
+        self.busy.discard(connection)
+        if not self.busy and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting, let requests in progress finish for up to `grace_s`, then close every connection."""
@@ -63,12 +74,9 @@ class FastHttpServer:
         for server in self._servers:
             server.close()
 
-        busy = [connection.idle for connection in self.connections if not connection.idle.is_set()]
-        if busy and grace_s > 0:
-            waiters = [asyncio.ensure_future(event.wait()) for event in busy]
-            await asyncio.wait(waiters, timeout=grace_s)
-            for waiter in waiters:
-                waiter.cancel()
+        if self.busy and grace_s > 0:
+            self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._drained}, timeout=grace_s)
 
         for connection in list(self.connections):
             connection.abort()
@@ -78,20 +86,28 @@ class FastHttpServer:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests with httptools and replies in request order."""
+    """One client connection: parses requests with httptools and replies in request order.
 
-    def __init__(self, server: FastHttpServer) -> None:
+    A reply that needs no upstream wait is written from the parser callback itself, without a
+    task: that is nearly every announce, and a task per request would cost more than the
+    announce. Only a reply that waits starts a task, and requests pipelined behind it queue.
+    """
+
+    def __init__(self, server: FastHttpServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
+        self._loop = loop  # kept: asyncio.get_running_loop() costs a getpid() call per use
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._peer = ""
         self._pending: collections.deque[_Request] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
-        self.idle = asyncio.Event()  # set while no request is being served
-        self.idle.set()
+        # Reads so far, and at the last idle check: a cheap sign of activity, so that a read does
+        # not have to re-arm the timer.
+        self._reads = 0
+        self._reads_checked = -1
         # The request being parsed.
-        self._target = bytearray()
+        self._target = b""
         self._headers: CIMultiDict[str] | None = None
         self._head_bytes = 0
 
@@ -103,7 +119,7 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
         self._server.connections.add(self)
-        self._arm_idle_timer()
+        self._idle_timer = self._loop.call_later(IDLE_TIMEOUT_S, self._close_if_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -112,10 +128,10 @@ class _Connection(asyncio.Protocol):
             self._idle_timer.cancel()
         if self._worker is not None:
             self._worker.cancel()
-        self.idle.set()
+        self._server.note_idle(self)
 
     def data_received(self, data: bytes) -> None:
-        self._arm_idle_timer()
+        self._reads += 1
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -134,7 +150,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._target = bytearray()
+        self._target = b""
         self._headers = None
         self._head_bytes = 0
 
@@ -150,18 +166,32 @@ class _Connection(asyncio.Protocol):
             self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_message_complete(self) -> None:
+        if self._transport is None:
+            return  # closed by an earlier request of the same read
+
+        parser = self._parser
         headers = CIMultiDictProxy(self._headers) if self._headers is not None else _EMPTY_HEADERS
         request = _Request(
-            method=self._parser.get_method(),
-            target=bytes(self._target),
-            headers=headers,
-            keep_alive=self._parser.should_keep_alive(),
-            http_1_0=self._parser.get_http_version() == "1.0",
+            parser.get_method(), self._target, headers, parser.should_keep_alive(), parser.get_http_version() == "1.0"
         )
+        if self._worker is not None:
+            self._pending.append(request)  # pipelined behind a reply that waits
+            return
+
+        try:
+            reply = self._respond(request)
+        except Exception:
+            self._crashed()
+            return
+
+        if isinstance(reply, tuple):
+            self._send(request, *reply)
+            return
+
+        request.reply = reply
         self._pending.append(request)
-        if self._worker is None:
-            self.idle.clear()
-            self._worker = asyncio.get_running_loop().create_task(self._serve_pending())
+        self._server.busy.add(self)
+        self._worker = self._loop.create_task(self._serve_pending())
 
     # Serving
 
@@ -170,31 +200,42 @@ class _Connection(asyncio.Protocol):
         try:
             while self._pending and self._transport is not None:
                 request = self._pending.popleft()
-                status, body = await self._respond(request)
-                keep_alive = request.keep_alive and not self._server.closing
-                self._write(status, body, keep_alive, request.http_1_0)
-                if not keep_alive:
-                    self.abort()
+                reply = request.reply if request.reply is not None else self._respond(request)
+                status, body = reply if isinstance(reply, tuple) else await reply
+                if not self._send(request, status, body):
                     return
         except Exception:
-            log.exception("http.request.crashed", client=self._peer)
-            self._write(500, b"", keep_alive=False, http_1_0=False)
-            self.abort()
+            self._crashed()
         finally:
             self._worker = None
-            self.idle.set()
+            self._server.note_idle(self)
 
-    async def _respond(self, request: _Request) -> tuple[int, bytes]:
+    def _respond(self, request: _Request) -> tuple[int, bytes] | Awaitable[tuple[int, bytes]]:
         if request.method != b"GET":
             return 405, b""
 
         path, _, query = request.target.partition(b"?")
         if path == b"/announce":
-            return 200, await self._server.announce.respond(query, self._peer, request.headers)
+            body = self._server.announce.begin(query, self._peer, request.headers)
+            return (200, body) if isinstance(body, bytes) else _with_status(body)
         if path == b"/scrape":
             return 200, self._server.scrape.respond(query, self._peer)
 
         return 404, b""
+
+    def _send(self, request: _Request, status: int, body: bytes) -> bool:
+        """Write one reply; return whether the connection stays open."""
+        keep_alive = request.keep_alive and not self._server.closing
+        self._write(status, body, keep_alive, request.http_1_0)
+        if not keep_alive:
+            self.abort()
+
+        return keep_alive
+
+    def _crashed(self) -> None:
+        log.exception("http.request.crashed", client=self._peer)
+        self._write(500, b"", keep_alive=False, http_1_0=False)
+        self.abort()
 
     def _write(self, status: int, body: bytes, keep_alive: bool, http_1_0: bool) -> None:
         if self._transport is None:
@@ -222,16 +263,18 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge
 
-    def _arm_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self._close_if_idle)
-
     def _close_if_idle(self) -> None:
-        if self.idle.is_set() and not self._pending:
+        """Close a connection that read nothing for a whole timer period and has no reply pending."""
+        if self._reads == self._reads_checked and self._worker is None:
             self.abort()
-        else:
-            self._arm_idle_timer()
+            return
+
+        self._reads_checked = self._reads
+        self._idle_timer = self._loop.call_later(IDLE_TIMEOUT_S, self._close_if_idle)
+
+
+async def _with_status(body: Awaitable[bytes]) -> tuple[int, bytes]:
+    return 200, await body
 
 
 class _HeadTooLarge(Exception):

@@ -10,18 +10,20 @@ import structlog
 from aiohttp import web
 
 from aggregator.access_log import AccessLog
-from aggregator.announce import ID_BYTES, AnnounceLimits, parse_announce
+from aggregator.announce import ID_BYTES, AnnounceLimits, AnnounceRequest, parse_announce
 from aggregator.client_address import ClientAddressRules
 from aggregator.errors import RequestError
 from aggregator.metrics import Metrics
 from aggregator.query import parse_query
 from aggregator.replies import encode_announce_reply, encode_failure, encode_scrape_reply
-from aggregator.tracker import Tracker
+from aggregator.tracker import AnnounceResult, FirstRoundWait, Tracker
 
 log = structlog.get_logger("aggregator.http")
 
 # Interval sent with a failure: long enough that a misconfigured client does not hammer us.
 FAILURE_INTERVAL_S = 1800
+# Socket peers whose packed address is kept; the cache is emptied when it reaches this size.
+PLAIN_PEER_CACHE_SIZE = 65536
 # Replies are bencode; text/plain is what trackers conventionally send and every client accepts.
 CONTENT_TYPE = "text/plain"
 
@@ -45,6 +47,7 @@ class AnnounceHandler:
         self._tracker_id = tracker_id
         # Without rules, only the socket peer address counts.
         self._address_rules = address_rules if address_rules is not None else ClientAddressRules()
+        self._plain_peers: dict[str, bytes] = {}  # socket peer -> packed address, for peers no rule applies to
         self.failures = 0
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -55,8 +58,70 @@ class AnnounceHandler:
 
     async def respond(self, raw_query: str | bytes, peer: str, headers: MultiMapping[str]) -> bytes:
         """Return the bencoded reply body to one announce from `peer`; any HTTP layer can call it."""
+        reply = self.begin(raw_query, peer, headers)
+
+        return reply if isinstance(reply, bytes) else await reply
+
+    def begin(self, raw_query: str | bytes, peer: str, headers: MultiMapping[str]) -> bytes | Awaitable[bytes]:
+        """Return the reply body now, or an awaitable of it when the announce waits for upstreams.
+
+        Only the first announces of a new infohash wait, so an HTTP layer can answer the others
+        without starting a task.
+        """
         started_s = time.perf_counter()
-        body, event, outcome, info_hash = await self._announce(raw_query, peer, headers)
+        try:
+            announce = parse_announce(raw_query, self._limits)
+            packed_ip, port = self.client_endpoint(peer, headers, announce)
+        except RequestError as error:
+            self.failures += 1
+            return self._done(_failure_body(str(error)), "unknown", "invalid", None, peer, started_s)
+        except ValueError as error:
+            self.failures += 1
+            log.warning("http.announce.no_client_address", error=str(error))
+            body = _failure_body("internal error: the client address could not be read")
+            return self._done(body, "unknown", "error", None, peer, started_s)
+
+        if port != announce.port:
+            announce = dataclasses.replace(announce, port=port)
+
+        try:
+            outcome = self._tracker.begin_announce(announce, packed_ip)
+        except RequestError as error:  # a denied infohash
+            return self._denied(error, announce, peer, started_s)
+
+        if isinstance(outcome, AnnounceResult):
+            return self._encode(outcome, announce, peer, started_s)
+
+        return self._finish(outcome, announce, peer, started_s)
+
+    async def _finish(self, wait: FirstRoundWait, announce: AnnounceRequest, peer: str, started_s: float) -> bytes:
+        try:
+            result = await wait.finish()
+        except RequestError as error:
+            return self._denied(error, announce, peer, started_s)
+
+        return self._encode(result, announce, peer, started_s)
+
+    def _encode(self, result: AnnounceResult, announce: AnnounceRequest, peer: str, started_s: float) -> bytes:
+        event = announce.event.value or "none"
+        if result.failure_reason is not None:
+            body = encode_failure(result.failure_reason, result.interval, result.retry_in_min)
+            return self._done(body, event, "overloaded", announce.info_hash, peer, started_s)
+
+        body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
+
+        return self._done(body, event, "ok", announce.info_hash, peer, started_s)
+
+    def _denied(self, error: RequestError, announce: AnnounceRequest, peer: str, started_s: float) -> bytes:
+        self.failures += 1
+        event = announce.event.value or "none"
+
+        return self._done(_failure_body(str(error)), event, "denied", announce.info_hash, peer, started_s)
+
+    def _done(
+        self, body: bytes, event: str, outcome: str, info_hash: bytes | None, peer: str, started_s: float
+    ) -> bytes:
+        """Record the metrics and the access log line of one announce, and pass its body on."""
         latency_s = time.perf_counter() - started_s
         if self._metrics is not None:
             self._metrics.observe_announce("http", event, outcome, latency_s)
@@ -65,38 +130,26 @@ class AnnounceHandler:
 
         return body
 
-    async def _announce(
-        self, raw_query: str | bytes, peer: str, headers: MultiMapping[str]
-    ) -> tuple[bytes, str, str, bytes | None]:
-        """Return the reply, the `event` and outcome labels for the metrics, and the infohash if valid."""
-        try:
-            announce = parse_announce(raw_query, self._limits)
-            client = self._address_rules.client_address(peer, headers)
-        except RequestError as error:
-            self.failures += 1
-            return _failure_body(str(error)), "unknown", "invalid", None
-        except ValueError as error:
-            self.failures += 1
-            log.warning("http.announce.no_client_address", error=str(error))
-            return _failure_body("internal error: the client address could not be read"), "unknown", "error", None
+    def client_endpoint(
+        self, peer: str, headers: MultiMapping[str], announce: AnnounceRequest
+    ) -> tuple[bytes, int]:
+        """Return the packed address and the port to register. Raises ValueError for a bad peer."""
+        packed_ip = self._plain_peers.get(peer)
+        if packed_ip is not None:
+            return packed_ip, announce.port
 
-        address, port = self._address_rules.announced_endpoint(client, announce)
-        if port != announce.port:
-            announce = dataclasses.replace(announce, port=port)
+        rules = self._address_rules
+        client = rules.client_address(peer, headers)
+        address, port = rules.announced_endpoint(client, announce)
+        if rules.is_plain_peer(peer, client):
+            # Neither a trusted proxy nor a trusted network: headers and parameters never count
+            # for this peer, so its address is the same for every announce. Bounded, as any
+            # client can connect from many addresses.
+            if len(self._plain_peers) >= PLAIN_PEER_CACHE_SIZE:
+                self._plain_peers.clear()
+            self._plain_peers[peer] = address.packed
 
-        event = announce.event.value or "none"
-        try:
-            result = await self._tracker.announce(announce, address.packed)
-        except RequestError as error:  # a denied infohash
-            self.failures += 1
-            return _failure_body(str(error)), event, "denied", announce.info_hash
-        if result.failure_reason is not None:
-            body = encode_failure(result.failure_reason, result.interval, result.retry_in_min)
-            return body, event, "overloaded", announce.info_hash
-
-        body = encode_announce_reply(result, announce.compact, announce.no_peer_id, self._tracker_id)
-
-        return body, event, "ok", announce.info_hash
+        return address.packed, port
 
 
 class ScrapeHandler:

@@ -5,13 +5,16 @@ is read by a collector when /metrics is scraped, so it costs nothing per announc
 bounded: transports, events, outcomes and forwarder names, never infohashes or addresses.
 """
 
+import bisect
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # The *_created series double the number of series and no dashboard here reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -27,21 +30,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.announces = Counter(
-            "aggregator_announces",
-            "Client announces by transport, BitTorrent event and outcome",
-            ["transport", "event", "outcome"],
-            registry=self.registry,
-        )
+        # Per-announce counts are plain ints read at scrape time: a prometheus_client child takes
+        # a lock and a label lookup per update, which costs more than the rest of a metrics step.
+        self.announce_counts: dict[tuple[str, str, str], int] = {}
+        self.reply_latency = LatencyBuckets(REPLY_BUCKETS_S)
+        self.registry.register(_ClientCollector(self))
         self.scrapes = Counter(
             "aggregator_scrapes", "Client scrapes by transport and outcome", ["transport", "outcome"], registry=self.registry
-        )
-        self.reply_latency = Histogram(
-            "aggregator_reply_latency_seconds",
-            "Time to answer a client announce, from its handler to the encoded reply",
-            ["transport"],
-            buckets=REPLY_BUCKETS_S,
-            registry=self.registry,
         )
         self.flush_lag = Histogram(
             "aggregator_flush_lag_seconds",
@@ -70,12 +65,67 @@ class Metrics:
         )
 
     def observe_announce(self, transport: str, event: str, outcome: str, latency_s: float | None) -> None:
-        self.announces.labels(transport, event or "none", outcome).inc()
+        key = (transport, event or "none", outcome)
+        counts = self.announce_counts
+        counts[key] = counts.get(key, 0) + 1
         if latency_s is not None:
-            self.reply_latency.labels(transport).observe(latency_s)
+            self.reply_latency.observe(transport, latency_s)
 
     def add_state_collector(self, read_state: Callable[[], "ServiceState"]) -> None:
         self.registry.register(_StateCollector(read_state))
+
+
+class LatencyBuckets:
+    """A histogram per label value: a count per bucket and a sum, exported at scrape time."""
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self.bounds_s = bounds_s
+        self.counts: dict[str, list[int]] = {}  # label value -> count per bucket, +Inf last
+        self.sums_s: dict[str, float] = {}
+
+    def observe(self, label: str, value_s: float) -> None:
+        counts = self.counts.get(label)
+        if counts is None:
+            counts = self.counts[label] = [0] * (len(self.bounds_s) + 1)
+            self.sums_s[label] = 0.0
+
+        # A value equal to a bound belongs to that bound's bucket (`le`), hence bisect_left.
+        counts[bisect.bisect_left(self.bounds_s, value_s)] += 1
+        self.sums_s[label] += value_s
+
+    def family(self, name: str, help_text: str, label_name: str) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, help_text, labels=[label_name])
+        bound_texts: list[str] = [floatToGoString(bound) for bound in self.bounds_s]  # type: ignore[no-untyped-call]
+        for label, counts in self.counts.items():
+            cumulative = list(itertools.accumulate(counts))
+            buckets = list(zip(bound_texts, cumulative))
+            buckets.append(("+Inf", cumulative[-1]))
+            family.add_metric([label], buckets, self.sums_s[label])
+
+        return family
+
+
+class _ClientCollector(Collector):
+    """Exports the per-announce counts of a Metrics object."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        announces = CounterMetricFamily(
+            "aggregator_announces",
+            "Client announces by transport, BitTorrent event and outcome",
+            labels=["transport", "event", "outcome"],
+        )
+        for labels, count in list(self._metrics.announce_counts.items()):
+            announces.add_metric(list(labels), count)
+        yield announces
+
+        yield self._metrics.reply_latency.family(
+            "aggregator_reply_latency_seconds",
+            "Time to answer a client announce, from its handler to the encoded reply",
+            "transport",
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,10 @@ an expiry, never per announce.
 
 import random
 from collections import OrderedDict
+from collections.abc import Collection
+
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, split_compact
+from aggregator.swarm import split_count
 
 
 class _Entry:
@@ -29,14 +33,15 @@ class CachedTorrent:
 
     def __init__(self) -> None:
         self.entries: dict[int, _Entry] = {}
-        self._merged: list[bytes] | None = None
+        # Distinct live endpoints as one compact string per family, rebuilt after a change or expiry.
+        self._merged: tuple[bytes, bytes] | None = None
         self._merged_expires_s = 0.0
         self.complete = 0  # max over forwarders of their reported seeders
         self.incomplete = 0  # max over forwarders of their reported leechers
         self.downloaded = 0  # max over forwarders of their reported completed downloads
 
-    def merged(self, now_s: float) -> list[bytes]:
-        """Return the distinct live endpoints over all forwarders, rebuilding after a change or expiry."""
+    def merged(self, now_s: float) -> tuple[bytes, bytes]:
+        """Return the distinct live IPv4 and IPv6 endpoints over all forwarders, as compact strings."""
         if self._merged is not None and now_s < self._merged_expires_s:
             return self._merged
 
@@ -47,7 +52,10 @@ class CachedTorrent:
         for entry in self.entries.values():
             distinct.update(dict.fromkeys(entry.endpoints))
 
-        self._merged = list(distinct)
+        self._merged = (
+            b"".join(endpoint for endpoint in distinct if len(endpoint) == IPV4_ENDPOINT_BYTES),
+            b"".join(endpoint for endpoint in distinct if len(endpoint) == IPV6_ENDPOINT_BYTES),
+        )
         self._merged_expires_s = min((entry.expires_s for entry in self.entries.values()), default=float("inf"))
         self.complete = max((entry.complete for entry in self.entries.values()), default=0)
         self.incomplete = max((entry.incomplete for entry in self.entries.values()), default=0)
@@ -55,16 +63,72 @@ class CachedTorrent:
 
         return self._merged
 
-    def sample(self, count: int, now_s: float) -> list[bytes]:
-        """Pick up to `count` distinct upstream endpoints uniformly at random."""
-        merged = self.merged(now_s)
-        if len(merged) <= count:
-            return merged
+    def endpoints(self, now_s: float) -> list[bytes]:
+        """Return the distinct live endpoints, IPv4 first."""
+        peers4, peers6 = self.merged(now_s)
 
-        return random.sample(merged, count)
+        return split_compact(peers4, IPV4_ENDPOINT_BYTES) + split_compact(peers6, IPV6_ENDPOINT_BYTES)
+
+    def sample(
+        self, count: int, now_s: float, excluded: Collection[bytes], width: int | None = None
+    ) -> tuple[bytes, bytes]:
+        """Pick up to `count` endpoints from a random window, none of them in `excluded`.
+
+        With `width`, only endpoints of that width are picked; otherwise the count is split
+        between the families by their sizes. Returns compact IPv4 and IPv6 strings.
+        """
+        peers4, peers6 = self.merged(now_s)
+        size4 = len(peers4) // IPV4_ENDPOINT_BYTES if width != IPV6_ENDPOINT_BYTES else 0
+        size6 = len(peers6) // IPV6_ENDPOINT_BYTES if width != IPV4_ENDPOINT_BYTES else 0
+        count4, count6 = split_count(count, size4, size6)
+
+        return (
+            _window_without(peers4, IPV4_ENDPOINT_BYTES, count4, excluded),
+            _window_without(peers6, IPV6_ENDPOINT_BYTES, count6, excluded),
+        )
 
     def invalidate(self) -> None:
         self._merged = None
+
+
+def _window_without(compact: bytes, width: int, count: int, excluded: Collection[bytes]) -> bytes:
+    """Take `count` endpoints from a random window of `compact`, skipping those in `excluded`."""
+    size = len(compact) // width
+    if count <= 0 or size == 0:
+        return b""
+
+    # Take as many extra as could be excluded, so that the cut window still contains `count`.
+    window_size = min(size, count + len(excluded))
+    start = random.randrange(size) if window_size < size else 0
+    end = start + window_size
+    if end <= size:
+        window = compact[start * width : end * width]
+    else:
+        window = compact[start * width :] + compact[: (end - size) * width]
+
+    if len(excluded) < window_size:
+        for endpoint in excluded:
+            window = _cut(window, width, endpoint)
+    else:
+        window = b"".join(
+            chunk for chunk in (window[at : at + width] for at in range(0, len(window), width)) if chunk not in excluded
+        )
+
+    return window[: count * width]
+
+
+def _cut(window: bytes, width: int, endpoint: bytes) -> bytes:
+    """Remove `endpoint` from a compact string if it is there, at an endpoint boundary."""
+    if len(endpoint) != width:
+        return window
+
+    at = window.find(endpoint)
+    while at >= 0 and at % width:
+        at = window.find(endpoint, at + 1)
+    if at < 0:
+        return window
+
+    return window[:at] + window[at + width :]
 
 
 class PeerCache:

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aggregator import bencoding
-from aggregator.endpoints import IPV4_ENDPOINT_BYTES, endpoint_ip_text, endpoint_port
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, endpoint_ip_text, endpoint_port, split_compact
 from aggregator.tracker import AnnounceResult, ScrapeCounts
 
 
@@ -12,6 +12,28 @@ def encode_announce_reply(
     result: AnnounceResult, compact: bool, no_peer_id: bool, tracker_id: bytes | None
 ) -> bytes:
     """Encode an announce reply: compact `peers`/`peers6` strings, or BEP 3 peer dictionaries."""
+    if not compact:
+        return _encode_peer_dicts(result, no_peer_id, tracker_id)
+
+    # Written directly rather than through the bencoder: this runs once per announce, and the
+    # keys are fixed and already in the sorted order bencode requires.
+    reply = b"d8:completei%de10:incompletei%de8:intervali%de12:min intervali%de5:peers%d:%s" % (
+        result.complete,
+        result.incomplete,
+        result.interval,
+        result.min_interval,
+        len(result.peers4),
+        result.peers4,
+    )
+    if result.peers6:
+        reply += b"6:peers6%d:%s" % (len(result.peers6), result.peers6)
+    if tracker_id is not None:
+        reply += b"10:tracker id%d:%s" % (len(tracker_id), tracker_id)
+
+    return reply + b"e"
+
+
+def _encode_peer_dicts(result: AnnounceResult, no_peer_id: bool, tracker_id: bytes | None) -> bytes:
     reply: dict[bytes, Any] = {
         b"interval": result.interval,
         b"min interval": result.min_interval,
@@ -21,22 +43,16 @@ def encode_announce_reply(
     if tracker_id is not None:
         reply[b"tracker id"] = tracker_id
 
-    if compact:
-        endpoints = [peer.endpoint for peer in result.local_peers] + result.upstream_endpoints
-        reply[b"peers"] = b"".join(e for e in endpoints if len(e) == IPV4_ENDPOINT_BYTES)
-        peers6 = b"".join(e for e in endpoints if len(e) != IPV4_ENDPOINT_BYTES)
-        if peers6:
-            reply[b"peers6"] = peers6
-    else:
-        peers: list[dict[bytes, Any]] = []
-        for peer in result.local_peers:
-            entry = _peer_dict(peer.endpoint)
-            if not no_peer_id:
-                entry[b"peer id"] = peer.peer_id
-            peers.append(entry)
+    peers: list[dict[bytes, Any]] = []
+    endpoints = split_compact(result.peers4, IPV4_ENDPOINT_BYTES) + split_compact(result.peers6, IPV6_ENDPOINT_BYTES)
+    for endpoint in endpoints:
+        entry = _peer_dict(endpoint)
         # Upstream trackers reply in compact form, so their peers have no peer id to give.
-        peers.extend(_peer_dict(endpoint) for endpoint in result.upstream_endpoints)
-        reply[b"peers"] = peers
+        peer_id = result.swarm.peer_id_of(endpoint) if result.swarm is not None and not no_peer_id else None
+        if peer_id is not None:
+            entry[b"peer id"] = peer_id
+        peers.append(entry)
+    reply[b"peers"] = peers
 
     return bencoding.encode(reply)
 

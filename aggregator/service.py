@@ -425,7 +425,7 @@ class Service:
         """Count the state for /metrics and /stats; costs O(swarms + cached infohashes)."""
         dispatcher = self.dispatcher
         ready_backlog = self.count_ready(self._clock())
-        seeders = sum(swarm.seeders for swarm in map(self.swarms.get, self.swarms.info_hashes()) if swarm is not None)
+        seeders = self.swarms.seeder_count()
 
         return ServiceState(
             swarms=len(self.swarms),

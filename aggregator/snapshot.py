@@ -22,7 +22,7 @@ from aggregator.batch_table import BatchTable
 from aggregator.due_index import DueIndex
 from aggregator.forwarder import ForwarderRegistry, ForwarderState
 from aggregator.peer_cache import PeerCache
-from aggregator.swarm import SwarmRegistry
+from aggregator.swarm import PEER_ID_BYTES, SwarmRegistry
 
 log = structlog.get_logger("aggregator.snapshot")
 
@@ -174,8 +174,8 @@ def _dump_swarm(info_hash: bytes, parts: StateParts, now_s: float) -> dict[str, 
         "downloads": swarm.downloads,
         "last_leecher_left": swarm.last_leecher_left,
         "peers": [
-            [peer.endpoint.hex(), peer.peer_id.hex(), peer.is_seeder, now_s - peer.last_seen_s]
-            for peer in swarm.peers_by_endpoint.values()
+            [endpoint.hex(), peer_id.hex(), is_seeder, now_s - last_seen_s]
+            for endpoint, peer_id, is_seeder, last_seen_s in swarm.peers()
         ],
     }
 
@@ -249,9 +249,10 @@ def _load_swarm(swarm_doc: dict[str, Any], parts: StateParts, now_s: float, down
         endpoint = bytes.fromhex(endpoint_hex)
         if len(endpoint) not in (6, 18):
             raise ValueError(f"invalid endpoint {endpoint_hex!r}")
-        parts.swarms.restore_peer(
-            info_hash, endpoint, bytes.fromhex(peer_id_hex), bool(is_seeder), now_s - total_age_s
-        )
+        peer_id = bytes.fromhex(peer_id_hex)
+        if len(peer_id) != PEER_ID_BYTES:  # the swarm's arrays hold exactly this many bytes per peer
+            raise ValueError(f"invalid peer id {peer_id_hex!r}")
+        parts.swarms.restore_peer(info_hash, endpoint, peer_id, bool(is_seeder), now_s - total_age_s)
         restored += 1
 
     swarm = parts.swarms.get(info_hash)

@@ -1,52 +1,133 @@
 """Local swarms: the peers that announced to this aggregator, per infohash, with expiry.
 
-Each swarm keeps its peers in a dict ordered by last announce (a re-announce moves the peer to the
-end), so expired peers are always at the front. Swarms are filed in time buckets by the expiry of
-their oldest peer, so a sweep visits only swarms that may hold expired peers, never every peer.
+A swarm keeps its peers in parallel arrays per address family, in compact form (BEP 23 and BEP 7),
+so that a reply copies a slice of ready-made bytes instead of building one object per peer. A
+dict from endpoint to array position is ordered by last announce (a re-announce moves the peer
+to the end), so expired peers are always at its front. Swarms are filed in time buckets by the
+expiry of their oldest peer, so a sweep visits only swarms that may hold expired peers.
 """
 
 import random
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 
-from aggregator.endpoints import IPV4_ENDPOINT_BYTES
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES
+
+PEER_ID_BYTES = 20
 
 
-class Peer:
-    """One local peer, keyed by its compact endpoint (ip:port)."""
+class PeerArrays:
+    """The peers of one address family in one swarm: position i of each array is the same peer.
 
-    __slots__ = ("endpoint", "peer_id", "is_seeder", "last_seen_s", "position")
+    Removal moves the last peer into the freed position, so the arrays stay dense and a random
+    window over them is a random sample.
+    """
 
-    def __init__(self, endpoint: bytes, peer_id: bytes, is_seeder: bool, last_seen_s: float) -> None:
-        self.endpoint = endpoint
-        self.peer_id = peer_id
-        self.is_seeder = is_seeder
-        self.last_seen_s = last_seen_s
-        self.position = 0  # index in Swarm.peer_list, kept for O(1) removal and sampling
+    __slots__ = ("width", "endpoints", "peer_ids", "last_seen_s", "seeder_flags")
 
-    @property
-    def is_ipv4(self) -> bool:
-        return len(self.endpoint) == IPV4_ENDPOINT_BYTES
+    def __init__(self, width: int) -> None:
+        self.width = width  # bytes per endpoint: 6 for IPv4, 18 for IPv6
+        self.endpoints = bytearray()  # compact endpoints, ready to send
+        self.peer_ids = bytearray()  # PEER_ID_BYTES per peer, for replies that carry peer ids
+        self.last_seen_s = array("d")
+        self.seeder_flags = bytearray()  # 1 for a seeder
+
+    def __len__(self) -> int:
+        return len(self.seeder_flags)
+
+    def append(self, endpoint: bytes, peer_id: bytes, is_seeder: bool, now_s: float) -> int:
+        """Add a peer at the end and return its position."""
+        self.endpoints += endpoint
+        self.peer_ids += peer_id
+        self.last_seen_s.append(now_s)
+        self.seeder_flags.append(is_seeder)
+
+        return len(self.seeder_flags) - 1
+
+    def endpoint_at(self, position: int) -> bytes:
+        start = position * self.width
+
+        return bytes(self.endpoints[start : start + self.width])
+
+    def peer_id_at(self, position: int) -> bytes:
+        start = position * PEER_ID_BYTES
+
+        return bytes(self.peer_ids[start : start + PEER_ID_BYTES])
+
+    def move_last_to(self, position: int) -> None:
+        """Overwrite `position` with the last peer and drop the last slot."""
+        last = len(self.seeder_flags) - 1
+        if position != last:
+            width = self.width
+            self.endpoints[position * width : (position + 1) * width] = self.endpoints[last * width :]
+            self.peer_ids[position * PEER_ID_BYTES : (position + 1) * PEER_ID_BYTES] = self.peer_ids[
+                last * PEER_ID_BYTES :
+            ]
+            self.last_seen_s[position] = self.last_seen_s[last]
+            self.seeder_flags[position] = self.seeder_flags[last]
+
+        del self.endpoints[last * self.width :]
+        del self.peer_ids[last * PEER_ID_BYTES :]
+        self.last_seen_s.pop()
+        self.seeder_flags.pop()
+
+    def window(self, count: int, excluded_position: int) -> bytes:
+        """Return `count` compact endpoints from a random window, without the excluded position.
+
+        A contiguous window costs one slice whatever its size. Each peer is equally likely to be
+        picked. Neighbours in the arrays tend to be picked together, but swap removals keep
+        changing who the neighbours are.
+        """
+        size = len(self.seeder_flags)
+        width = self.width
+        if count <= 0 or size == 0:
+            return b""
+
+        if size <= count + 1:
+            data = bytes(self.endpoints)
+            start = 0
+            window_size = size
+        else:
+            # One extra so that cutting the requester out still leaves `count` peers.
+            window_size = count + 1
+            start = random.randrange(size)
+            end = start + window_size
+            if end <= size:
+                data = bytes(self.endpoints[start * width : end * width])
+            else:
+                data = bytes(self.endpoints[start * width :]) + bytes(self.endpoints[: (end - size) * width])
+
+        offset = (excluded_position - start) % size if excluded_position >= 0 else window_size
+        if offset < window_size:
+            data = data[: offset * width] + data[(offset + 1) * width :]
+
+        return data[: count * width]
 
 
 class Swarm:
     """The local peers of one infohash."""
 
-    __slots__ = ("peers_by_endpoint", "peer_list", "seeders", "downloads", "expiry_bucket", "last_leecher_left")
+    __slots__ = ("positions", "ipv4", "ipv6", "seeders", "downloads", "expiry_bucket", "last_leecher_left")
 
     def __init__(self) -> None:
-        self.peers_by_endpoint: dict[bytes, Peer] = {}  # ordered by last announce, oldest first
-        self.peer_list: list[Peer] = []  # the same peers in no order, for random.sample
+        # Endpoint -> position in its family's arrays, ordered by last announce, oldest first.
+        self.positions: dict[bytes, int] = {}
+        self.ipv4 = PeerArrays(IPV4_ENDPOINT_BYTES)
+        self.ipv6: PeerArrays | None = None  # created by the first IPv6 peer; most swarms never get one
         self.seeders = 0
         self.downloads = 0  # `completed` events seen while this swarm existed
         self.expiry_bucket = -1
         self.last_leecher_left: int | None = None
 
     def __len__(self) -> int:
-        return len(self.peer_list)
+        return len(self.positions)
+
+    def __contains__(self, endpoint: bytes) -> bool:
+        return endpoint in self.positions
 
     @property
     def leechers(self) -> int:
-        return len(self.peer_list) - self.seeders
+        return len(self.positions) - self.seeders
 
     def upsert(self, endpoint: bytes, peer_id: bytes, left: int | None, now_s: float) -> None:
         """Add the peer or refresh it, moving it to the newest end of the expiry order."""
@@ -54,73 +135,117 @@ class Swarm:
         if not is_seeder and left is not None:
             self.last_leecher_left = left
 
-        peer = self.peers_by_endpoint.pop(endpoint, None)
-        if peer is None:
-            peer = Peer(endpoint, peer_id, is_seeder, now_s)
-            peer.position = len(self.peer_list)
-            self.peer_list.append(peer)
+        family = self._family(endpoint)
+        position = self.positions.pop(endpoint, -1)
+        if position < 0:
+            position = family.append(endpoint, peer_id, is_seeder, now_s)
         else:
-            self.seeders -= peer.is_seeder
-            peer.peer_id = peer_id
-            peer.is_seeder = is_seeder
-            peer.last_seen_s = now_s
+            self.seeders -= family.seeder_flags[position]
+            family.peer_ids[position * PEER_ID_BYTES : (position + 1) * PEER_ID_BYTES] = peer_id
+            family.last_seen_s[position] = now_s
+            family.seeder_flags[position] = is_seeder
 
         self.seeders += is_seeder
-        self.peers_by_endpoint[endpoint] = peer
+        self.positions[endpoint] = position
 
     def remove(self, endpoint: bytes) -> bool:
         """Remove the peer at `endpoint`; return whether it was there."""
-        peer = self.peers_by_endpoint.pop(endpoint, None)
-        if peer is None:
+        position = self.positions.pop(endpoint, -1)
+        if position < 0:
             return False
 
-        self._drop_from_list(peer)
+        self._drop_position(self._family(endpoint), position)
 
         return True
 
     def expire(self, oldest_allowed_s: float) -> int:
         """Remove peers last seen before `oldest_allowed_s`; return how many were removed."""
         removed = 0
-        while self.peers_by_endpoint:
-            endpoint, peer = next(iter(self.peers_by_endpoint.items()))
-            if peer.last_seen_s >= oldest_allowed_s:
+        while self.positions:
+            endpoint = next(iter(self.positions))
+            family = self._family(endpoint)
+            position = self.positions[endpoint]
+            if family.last_seen_s[position] >= oldest_allowed_s:
                 break
 
-            del self.peers_by_endpoint[endpoint]
-            self._drop_from_list(peer)
+            del self.positions[endpoint]
+            self._drop_position(family, position)
             removed += 1
 
         return removed
 
     def oldest_seen_s(self) -> float | None:
-        for peer in self.peers_by_endpoint.values():
-            return peer.last_seen_s
+        for endpoint, position in self.positions.items():
+            return self._family(endpoint).last_seen_s[position]
 
         return None
 
-    def sample(self, count: int, excluded_endpoint: bytes) -> list[Peer]:
-        """Pick up to `count` distinct peers uniformly at random, never the excluded one."""
-        if count <= 0:
-            return []
+    def peer_id_of(self, endpoint: bytes) -> bytes | None:
+        position = self.positions.get(endpoint)
+        if position is None:
+            return None
 
-        if len(self.peer_list) <= count + 1:
-            chosen = list(self.peer_list)
-        else:
-            # One extra so that dropping the requester still leaves `count` peers.
-            chosen = random.sample(self.peer_list, count + 1)
+        return self._family(endpoint).peer_id_at(position)
 
-        picked = [peer for peer in chosen if peer.endpoint != excluded_endpoint]
+    def peers(self) -> Iterator[tuple[bytes, bytes, bool, float]]:
+        """Yield (endpoint, peer_id, is_seeder, last_seen_s) of every peer, oldest announce first."""
+        for endpoint, position in self.positions.items():
+            family = self._family(endpoint)
+            yield endpoint, family.peer_id_at(position), bool(family.seeder_flags[position]), family.last_seen_s[position]
 
-        return picked[:count]
+    def sample(self, count: int, excluded_endpoint: bytes, width: int | None = None) -> tuple[bytes, bytes]:
+        """Pick up to `count` peers at random, never the excluded one; return compact IPv4 and IPv6 strings.
 
-    def _drop_from_list(self, peer: Peer) -> None:
-        # Swap with the last element so removal from the sampling list is O(1).
-        last = self.peer_list.pop()
-        if last is not peer:
-            last.position = peer.position
-            self.peer_list[peer.position] = last
+        With `width`, only peers of that endpoint width are picked (a UDP reply has one family).
+        Otherwise the count is split between the families in proportion to their sizes.
+        """
+        ipv6 = self.ipv6
+        size4 = len(self.ipv4) if width != IPV6_ENDPOINT_BYTES else 0
+        size6 = len(ipv6) if ipv6 is not None and width != IPV4_ENDPOINT_BYTES else 0
+        count4, count6 = split_count(count, size4, size6)
 
-        self.seeders -= peer.is_seeder
+        excluded = self.positions.get(excluded_endpoint, -1)
+        is_ipv4 = len(excluded_endpoint) == IPV4_ENDPOINT_BYTES
+        peers4 = b""
+        if count4:
+            peers4 = self.ipv4.window(count4, excluded if is_ipv4 else -1)
+        peers6 = b""
+        if count6 and ipv6 is not None:
+            peers6 = ipv6.window(count6, -1 if is_ipv4 else excluded)
+
+        return peers4, peers6
+
+    def _family(self, endpoint: bytes) -> PeerArrays:
+        if len(endpoint) == IPV4_ENDPOINT_BYTES:
+            return self.ipv4
+
+        if self.ipv6 is None:
+            self.ipv6 = PeerArrays(IPV6_ENDPOINT_BYTES)
+
+        return self.ipv6
+
+    def _drop_position(self, family: PeerArrays, position: int) -> None:
+        self.seeders -= family.seeder_flags[position]
+        last = len(family) - 1
+        if position != last:
+            # The last peer moves into the freed slot; its dict entry keeps its place in the order.
+            self.positions[family.endpoint_at(last)] = position
+        family.move_last_to(position)
+
+
+def split_count(count: int, size4: int, size6: int) -> tuple[int, int]:
+    """Split `count` picks between two families of `size4` and `size6` candidates, by their sizes."""
+    if size4 + size6 <= count:
+        return size4, size6
+    if not size6:
+        return count, 0
+    if not size4:
+        return 0, count
+
+    count4 = min(size4, round(count * size4 / (size4 + size6)))
+    count6 = min(size6, count - count4)
+
+    return count - count6, count6
 
 
 class SwarmRegistry:
@@ -149,6 +274,10 @@ class SwarmRegistry:
     def info_hashes(self) -> list[bytes]:
         """Return the infohash of every local swarm (a copy, so callers may await while using it)."""
         return list(self._swarms)
+
+    def seeder_count(self) -> int:
+        """Count the seeders of every swarm; costs O(swarms)."""
+        return sum(swarm.seeders for swarm in self._swarms.values())
 
     def announce(
         self, info_hash: bytes, endpoint: bytes, peer_id: bytes, left: int | None, now_s: float

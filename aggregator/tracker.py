@@ -12,7 +12,8 @@ from aggregator.errors import InfohashDeniedError
 from aggregator.metrics import Metrics
 from aggregator.overload import Admission, retry_in_minutes
 from aggregator.peer_cache import PeerCache
-from aggregator.swarm import Peer, Swarm, SwarmRegistry
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES
+from aggregator.swarm import Swarm, SwarmRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +44,9 @@ class AnnounceResult:
     min_interval: int
     complete: int
     incomplete: int
-    local_peers: list[Peer]
-    upstream_endpoints: list[bytes]
+    peers4: bytes  # compact IPv4 endpoints (BEP 23), local peers first
+    peers6: bytes  # compact IPv6 endpoints (BEP 7), local peers first
+    swarm: Swarm | None  # the requester's swarm, for the peer ids of a non-compact reply
     failure_reason: str | None = None  # set when overload_reply is "failure" and the infohash was not admitted
     retry_in_min: int | None = None  # BEP 31 `retry in` that goes with failure_reason
 
@@ -76,10 +78,27 @@ class Tracker:
         self.coalesced = 0  # announces that created no upstream work
         self.admission_counts = {decision: 0 for decision in Admission}
 
-    async def announce(self, request: AnnounceRequest, packed_ip: bytes) -> AnnounceResult:
-        """Record the announce and return the peers and counts to send back.
+    async def announce(
+        self, request: AnnounceRequest, packed_ip: bytes, same_family_only: bool = False
+    ) -> AnnounceResult:
+        """Record the announce and return the peers and counts to send back, waiting if needed.
 
         Raises InfohashDeniedError for an infohash the access lists reject; it is never forwarded.
+        """
+        outcome = self.begin_announce(request, packed_ip, same_family_only)
+        if isinstance(outcome, AnnounceResult):
+            return outcome
+
+        return await outcome.finish()
+
+    def begin_announce(
+        self, request: AnnounceRequest, packed_ip: bytes, same_family_only: bool = False
+    ) -> "AnnounceResult | FirstRoundWait":
+        """Record the announce; return the reply now, or a wait for the infohash's first upstream round.
+
+        Most announces are answered at once, so a transport can reply without starting a task.
+        With `same_family_only`, only peers of the requester's address family are returned, as
+        a UDP reply can carry one family only. Raises InfohashDeniedError for a denied infohash.
         """
         now_s = self._clock()
         info_hash = request.info_hash
@@ -87,28 +106,35 @@ class Tracker:
             self._count_admission(Admission.DENIED)
             raise InfohashDeniedError(info_hash)
         endpoint = make_endpoint(packed_ip, request.port)
+        width = len(endpoint) if same_family_only else None
 
         if request.event is Event.STOPPED:
             self.swarms.remove_peer(info_hash, endpoint)  # an emptied swarm queues upstream `stopped`
 
-            return self._result(info_hash, self.swarms.get(info_hash), None, endpoint, 0, now_s)
+            return self._result(info_hash, self.swarms.get(info_hash), None, endpoint, 0, width, now_s)
 
         swarm, swarm_created = self.swarms.announce(info_hash, endpoint, request.peer_id, request.left, now_s)
         if request.event is Event.COMPLETED:
             swarm.downloads += 1
         torrent, admission = self._coalesce(request, swarm, swarm_created, now_s)
         if admission is not Admission.ADMITTED:
-            return self._not_admitted(info_hash, swarm, endpoint, request.numwant, now_s)
+            return self._not_admitted(info_hash, swarm, endpoint, request.numwant, width, now_s)
 
         first_round = torrent.first_round if torrent is not None else None
-        if first_round is not None and not first_round.done.done():
-            remaining_s = first_round.deadline_s - now_s
-            if remaining_s > 0:
-                # asyncio.wait leaves the shared future alone when this request gives up waiting.
-                await asyncio.wait({first_round.done}, timeout=remaining_s)
-                now_s = self._clock()
+        if first_round is not None and not first_round.done.done() and first_round.deadline_s > now_s:
+            return FirstRoundWait(self, first_round.done, first_round.deadline_s, info_hash, endpoint, request.numwant, width)
 
-        return self._result(info_hash, swarm, torrent, endpoint, request.numwant, now_s)
+        return self._result(info_hash, swarm, torrent, endpoint, request.numwant, width, now_s)
+
+    def finish_wait(self, wait: "FirstRoundWait") -> AnnounceResult:
+        """Build the reply of an announce whose first-round wait ended, with what is known now."""
+        swarm = self.swarms.get(wait.info_hash)
+        torrent = self.table.get(wait.info_hash)
+
+        return self._result(wait.info_hash, swarm, torrent, wait.endpoint, wait.numwant, wait.width, self._clock())
+
+    def now_s(self) -> float:
+        return self._clock()
 
     def _count_admission(self, decision: Admission) -> None:
         self.admission_counts[decision] += 1
@@ -116,10 +142,10 @@ class Tracker:
             self._metrics.admission.labels(decision.value).inc()
 
     def _not_admitted(
-        self, info_hash: bytes, swarm: Swarm, endpoint: bytes, numwant: int, now_s: float
+        self, info_hash: bytes, swarm: Swarm, endpoint: bytes, numwant: int, width: int | None, now_s: float
     ) -> AnnounceResult:
         """Reply with what is known locally, and ask the client to come back after retry_interval."""
-        result = self._result(info_hash, swarm, None, endpoint, numwant, now_s)
+        result = self._result(info_hash, swarm, None, endpoint, numwant, width, now_s)
         result.interval = self._policy.retry_interval
         result.min_interval = min(self._policy.min_interval, result.interval)
         if self._policy.overload_failure:
@@ -203,23 +229,26 @@ class Tracker:
         torrent: TorrentBatches | None,
         endpoint: bytes,
         numwant: int,
+        width: int | None,
         now_s: float,
     ) -> AnnounceResult:
         """Pick local peers first, then fill up with distinct upstream peers, never the requester."""
-        local_peers = swarm.sample(numwant, endpoint) if swarm is not None else []
+        peers4, peers6 = swarm.sample(numwant, endpoint, width) if swarm is not None else (b"", b"")
         complete = swarm.seeders if swarm is not None else 0
         incomplete = swarm.leechers if swarm is not None else 0
 
-        upstream: list[bytes] = []
+        upstream_found = False
         cached = self.cache.get(info_hash)
         if cached is not None:
-            missing = numwant - len(local_peers)
+            missing = numwant - len(peers4) // IPV4_ENDPOINT_BYTES - len(peers6) // IPV6_ENDPOINT_BYTES
             if missing > 0:
-                excluded = {peer.endpoint for peer in local_peers}
-                excluded.add(endpoint)
-                # Sample a few extra so that dropping duplicates of local peers still fills the reply.
-                candidates = cached.sample(missing + len(excluded), now_s)
-                upstream = [candidate for candidate in candidates if candidate not in excluded][:missing]
+                # Upstream peers fill up only when every local peer is in the reply already, so
+                # leaving out all local endpoints leaves out exactly the duplicates and the requester.
+                excluded = swarm.positions if swarm is not None else (endpoint,)
+                upstream4, upstream6 = cached.sample(missing, now_s, excluded, width)
+                upstream_found = bool(upstream4 or upstream6)
+                peers4 += upstream4
+                peers6 += upstream6
             else:
                 cached.merged(now_s)  # refreshes the counts below
 
@@ -228,7 +257,7 @@ class Tracker:
 
         interval = self._policy.announce_interval
         # Bring a client back soon while upstreams may still deliver peers it did not get yet.
-        if torrent is not None and not upstream and torrent.replied < torrent.live_batches:
+        if torrent is not None and not upstream_found and torrent.replied < torrent.live_batches:
             interval = self._policy.first_interval
 
         return AnnounceResult(
@@ -236,6 +265,40 @@ class Tracker:
             min_interval=min(self._policy.min_interval, interval),
             complete=complete,
             incomplete=incomplete,
-            local_peers=local_peers,
-            upstream_endpoints=upstream,
+            peers4=peers4,
+            peers6=peers6,
+            swarm=swarm,
         )
+
+
+class FirstRoundWait:
+    """An announce of a new infohash whose reply waits for the first upstream replies, up to a deadline."""
+
+    __slots__ = ("_tracker", "_done", "_deadline_s", "info_hash", "endpoint", "numwant", "width")
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        done: "asyncio.Future[None]",
+        deadline_s: float,
+        info_hash: bytes,
+        endpoint: bytes,
+        numwant: int,
+        width: int | None,
+    ) -> None:
+        self._tracker = tracker
+        self._done = done
+        self._deadline_s = deadline_s
+        self.info_hash = info_hash
+        self.endpoint = endpoint
+        self.numwant = numwant
+        self.width = width
+
+    async def finish(self) -> AnnounceResult:
+        """Wait for the first round or its deadline, then return the reply."""
+        remaining_s = self._deadline_s - self._tracker.now_s()
+        if remaining_s > 0 and not self._done.done():
+            # asyncio.wait leaves the shared future alone when this request gives up waiting.
+            await asyncio.wait({self._done}, timeout=remaining_s)
+
+        return self._tracker.finish_wait(self)

@@ -269,15 +269,13 @@ def build_connect_reply(transaction_id: int, connection_id: int) -> bytes:
     return _CONNECT_REPLY.pack(Action.CONNECT, transaction_id, connection_id)
 
 
-def build_announce_reply(
-    transaction_id: int, interval: int, leechers: int, seeders: int, endpoints: list[bytes]
-) -> bytes:
-    """Build an announce reply. Every endpoint must have the width of the request's address family."""
+def build_announce_reply(transaction_id: int, interval: int, leechers: int, seeders: int, peers: bytes) -> bytes:
+    """Build an announce reply; `peers` holds compact endpoints of the request's address family only."""
     header = _ANNOUNCE_REPLY.pack(
         Action.ANNOUNCE, transaction_id, _clamp_u32(interval), _clamp_u32(leechers), _clamp_u32(seeders)
     )
 
-    return header + b"".join(endpoints)
+    return header + peers
 
 
 def build_scrape_reply(transaction_id: int, entries: list[ScrapeEntry]) -> bytes:

@@ -19,10 +19,10 @@ import structlog
 from aggregator.access_log import AccessLog
 from aggregator.announce import AnnounceLimits
 from aggregator.config import ListenAddress
-from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, pack_ip
+from aggregator.endpoints import pack_ip
 from aggregator.errors import RequestError
 from aggregator.metrics import Metrics
-from aggregator.tracker import AnnounceResult, Tracker
+from aggregator.tracker import AnnounceResult, FirstRoundWait, Tracker
 from aggregator.udp_codec import (
     Action,
     ScrapeEntry,
@@ -231,36 +231,69 @@ class UdpTracker:
             self._reject(transport, address, transaction_id, str(error))
             return
 
-        # A task, because the first announce of an infohash may wait for upstream replies, and
-        # datagrams from other clients must not wait behind it.
-        task = asyncio.get_running_loop().create_task(self._announce(transport, address, announce, packed_ip))
+        started_s = time.perf_counter()
+        try:
+            outcome = self._tracker.begin_announce(announce.request, packed_ip, same_family_only=True)
+        except Exception as error:
+            self._announce_failed(transport, address, announce, error)
+            return
+
+        if isinstance(outcome, AnnounceResult):
+            self._reply(transport, address, announce, outcome, started_s)
+            return
+
+        # A task only for the first announces of a new infohash, which wait for upstream
+        # replies; datagrams from other clients must not wait behind them.
+        task = asyncio.get_running_loop().create_task(self._finish(transport, address, announce, outcome, started_s))
         self._announce_tasks.add(task)
         task.add_done_callback(self._announce_tasks.discard)
 
-    async def _announce(
-        self, transport: asyncio.DatagramTransport, address: Address, announce: UdpAnnounce, packed_ip: bytes
+    async def _finish(
+        self,
+        transport: asyncio.DatagramTransport,
+        address: Address,
+        announce: UdpAnnounce,
+        wait: FirstRoundWait,
+        started_s: float,
+    ) -> None:
+        try:
+            result = await wait.finish()
+        except Exception as error:
+            self._announce_failed(transport, address, announce, error)
+            return
+
+        self._reply(transport, address, announce, result, started_s)
+
+    def _announce_failed(
+        self, transport: asyncio.DatagramTransport, address: Address, announce: UdpAnnounce, error: Exception
+    ) -> None:
+        transaction_id = announce.header.transaction_id
+        if isinstance(error, RequestError):  # a denied infohash
+            self.denied_announces += 1
+            self._observe(announce.request.event.value or "none", "denied", None, address, announce.request.info_hash)
+            self._reject(transport, address, transaction_id, str(error))
+            return
+
+        self.internal_errors += 1
+        log.error(
+            "udp.announce.crashed",
+            client=address[0],
+            client_port=address[1],
+            info_hash=announce.request.info_hash.hex(),
+            exc_info=error,
+        )
+        self._send(transport, address, build_error_reply(transaction_id, "internal error"))
+
+    def _reply(
+        self,
+        transport: asyncio.DatagramTransport,
+        address: Address,
+        announce: UdpAnnounce,
+        result: AnnounceResult,
+        started_s: float,
     ) -> None:
         transaction_id = announce.header.transaction_id
         event = announce.request.event.value or "none"
-        started_s = time.perf_counter()
-        try:
-            result = await self._tracker.announce(announce.request, packed_ip)
-        except RequestError as error:  # a denied infohash
-            self.denied_announces += 1
-            self._observe(event, "denied", None, address, announce.request.info_hash)
-            self._reject(transport, address, transaction_id, str(error))
-            return
-        except Exception:
-            self.internal_errors += 1
-            log.exception(
-                "udp.announce.crashed",
-                client=address[0],
-                client_port=address[1],
-                info_hash=announce.request.info_hash.hex(),
-            )
-            self._send(transport, address, build_error_reply(transaction_id, "internal error"))
-            return
-
         if result.failure_reason is not None:
             self._observe(event, "overloaded", time.perf_counter() - started_s, address, announce.request.info_hash)
             self._send(transport, address, build_error_reply(transaction_id, result.failure_reason))
@@ -268,13 +301,13 @@ class UdpTracker:
 
         self.announce_replies += 1
         self._observe(event, "ok", time.perf_counter() - started_s, address, announce.request.info_hash)
-        endpoint_bytes = IPV4_ENDPOINT_BYTES if len(packed_ip) == 4 else IPV6_ENDPOINT_BYTES
+        # The tracker picked peers of the requester's family only, so one of these is empty.
         reply = build_announce_reply(
             transaction_id,
             interval=result.interval,
             leechers=result.incomplete,
             seeders=result.complete,
-            endpoints=_endpoints_of_width(result, endpoint_bytes),
+            peers=result.peers4 or result.peers6,
         )
         self._send(transport, address, reply)
 
@@ -308,18 +341,6 @@ class UdpTracker:
             return  # the service is stopping
 
         transport.sendto(packet, address)
-
-
-def _endpoints_of_width(result: AnnounceResult, endpoint_bytes: int) -> list[bytes]:
-    """Keep the peers of the requester's address family: a UDP reply has one peer format only.
-
-    NOTE: the tracker samples numwant peers of both families before this filter, so a reply may
-    hold fewer than numwant peers while more peers of this family exist.
-    """
-    endpoints = [peer.endpoint for peer in result.local_peers if len(peer.endpoint) == endpoint_bytes]
-    endpoints += [endpoint for endpoint in result.upstream_endpoints if len(endpoint) == endpoint_bytes]
-
-    return endpoints
 
 
 class _UdpTrackerProtocol(asyncio.DatagramProtocol):

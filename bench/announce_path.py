@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aggregator.announce import AnnounceLimits, parse_announce  # noqa: E402
 from aggregator.config import ForwarderConfig, Settings  # noqa: E402
+from aggregator.http_front import AnnounceHandler  # noqa: E402
 from aggregator.replies import encode_announce_reply  # noqa: E402
 from aggregator.service import Service  # noqa: E402
 
@@ -102,24 +103,13 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         lambda: [parse_announce(query, limits) for query in queries], calls, args.repeats
     )
 
-    def client_addresses() -> None:
-        for request in requests:
-            address = rules.client_address(CLIENT_IP, headers)
-            rules.announced_endpoint(address, request)
-            address.packed
-
-    costs["client address (ipaddress, trusted networks)"] = time_per_call(client_addresses, calls, args.repeats)
-
-    async def announce_all() -> None:
-        for request in requests:
-            await tracker.announce(request, packed_ip)
-
-    durations = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        await announce_all()
-        durations.append(time.perf_counter() - started)
-    costs["Tracker.announce (swarm, batches, peer selection)"] = statistics.median(durations) / calls * 1e6
+    handler = AnnounceHandler(tracker, limits, None, rules, metrics)
+    costs["client address (cached per socket peer)"] = time_per_call(
+        lambda: [handler.client_endpoint(CLIENT_IP, headers, request) for request in requests], calls, args.repeats
+    )
+    costs["Tracker.begin_announce (swarm, batches, peer selection)"] = time_per_call(
+        lambda: [tracker.begin_announce(request, packed_ip) for request in requests], calls, args.repeats
+    )
 
     swarm = tracker.swarms.get(requests[0].info_hash)
     assert swarm is not None
@@ -127,13 +117,18 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     costs[f"  of which Swarm.sample(50) of {len(swarm)} peers"] = time_per_call(
         lambda: [swarm.sample(50, own_endpoint) for _ in range(calls)], calls, args.repeats
     )
-    costs["encode_announce_reply (bencode, 50 peers)"] = time_per_call(
+    costs["encode_announce_reply (50 peers)"] = time_per_call(
         lambda: [encode_announce_reply(result, True, False, None) for result in results], calls, args.repeats
     )
-    costs["Metrics.observe_announce (Prometheus counter and histogram)"] = time_per_call(
+    costs["Metrics.observe_announce (counter and histogram)"] = time_per_call(
         lambda: [metrics.observe_announce("http", "none", "ok", 0.0001) for _ in range(calls)], calls, args.repeats
     )
-    costs["reply peer count (check)"] = float(len(results[-1].local_peers) + len(results[-1].upstream_endpoints))
+    raw_queries = [query.encode() for query in queries]
+    whole = time_per_call(
+        lambda: [handler.begin(query, CLIENT_IP, headers) for query in raw_queries], calls, args.repeats
+    )
+    costs["reply peer count (check)"] = float(len(results[-1].peers4) // 6 + len(results[-1].peers6) // 18)
+    costs["whole AnnounceHandler.begin (check)"] = whole
     costs["tracked objects (check)"] = float(len(gc.get_objects()))
     started = time.perf_counter()
     gc.collect()
@@ -155,11 +150,13 @@ def main() -> None:
     peers = costs.pop("reply peer count (check)")
     tracked = costs.pop("tracked objects (check)")
     collection_us = costs.pop("full garbage collection, gc.collect() (check)")
+    whole = costs.pop("whole AnnounceHandler.begin (check)")
     print(f"{'step':<62} {'µs per call':>12}")
     for step, micros in costs.items():
         print(f"{step:<62} {micros:>12.2f}")
     steps = [micros for step, micros in costs.items() if not step.startswith("  ")]
     print(f"{'sum of the steps':<62} {sum(steps):>12.2f}")
+    print(f"{'whole AnnounceHandler.begin, all steps in one call':<62} {whole:>12.2f}")
     print(f"(each reply carries {peers:.0f} peers)")
     print(f"one full garbage collection over {tracked:,.0f} tracked objects: {collection_us / 1000:.1f} ms")
 

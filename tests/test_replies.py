@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from aggregator.endpoints import make_endpoint, pack_ip
 from aggregator.replies import encode_announce_reply, encode_failure
-from aggregator.swarm import Peer
+from aggregator.swarm import Swarm
 from aggregator.tracker import AnnounceResult
 
 V4_A = make_endpoint(pack_ip("192.0.2.1"), 6881)
@@ -30,15 +30,19 @@ def make_result(
     complete: int = 3,
     incomplete: int = 4,
 ) -> AnnounceResult:
-    local_peers = [Peer(endpoint, peer_id, False, 0.0) for endpoint, peer_id in local or []]
+    swarm = Swarm()
+    for endpoint, peer_id in local or []:
+        swarm.upsert(endpoint, peer_id, 1, 0.0)
+    endpoints = [endpoint for endpoint, _ in local or []] + list(upstream or [])
 
     return AnnounceResult(
         interval=interval,
         min_interval=min_interval,
         complete=complete,
         incomplete=incomplete,
-        local_peers=local_peers,
-        upstream_endpoints=list(upstream or []),
+        peers4=b"".join(endpoint for endpoint in endpoints if len(endpoint) == 6),
+        peers6=b"".join(endpoint for endpoint in endpoints if len(endpoint) == 18),
+        swarm=swarm,
     )
 
 
@@ -227,4 +231,5 @@ def test_dict_round_trip(upstream: list[bytes]) -> None:
     decoded = [
         make_endpoint(ipaddress.ip_address(peer[b"ip"].decode()).packed, peer[b"port"]) for peer in reply[b"peers"]
     ]
-    assert decoded == upstream
+    # IPv4 peers come first, as in a compact reply's `peers` before `peers6`.
+    assert decoded == [e for e in upstream if len(e) == 6] + [e for e in upstream if len(e) == 18]

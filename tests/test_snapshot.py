@@ -116,8 +116,8 @@ async def test_round_trip_restores_state(tmp_path: Path, trackers: dict[str, Fak
         now_s = first_clock()
         expected_peers = {
             info_hash: {
-                peer.endpoint: (peer.peer_id, peer.is_seeder, now_s - peer.last_seen_s)
-                for peer in service.swarms.get(info_hash).peers_by_endpoint.values()  # type: ignore[union-attr]
+                endpoint: (peer_id, is_seeder, now_s - last_seen_s)
+                for endpoint, peer_id, is_seeder, last_seen_s in service.swarms.get(info_hash).peers()  # type: ignore[union-attr]
             }
             for info_hash in INFO_HASHES
         }
@@ -151,12 +151,13 @@ async def test_round_trip_restores_state(tmp_path: Path, trackers: dict[str, Fak
             for info_hash, peers in expected_peers.items():
                 swarm = restored.swarms.get(info_hash)
                 assert swarm is not None
-                restored_peers = swarm.peers_by_endpoint
+                restored_peers = {endpoint: rest for endpoint, *rest in swarm.peers()}
                 assert set(restored_peers) == set(peers)
                 for endpoint, (peer_id, is_seeder, age_s) in peers.items():
-                    assert restored_peers[endpoint].peer_id == peer_id
-                    assert restored_peers[endpoint].is_seeder == is_seeder
-                    assert now_s - restored_peers[endpoint].last_seen_s == pytest.approx(age_s, abs=TIME_TOLERANCE_S)
+                    restored_id, restored_seeder, restored_seen_s = restored_peers[endpoint]
+                    assert restored_id == peer_id
+                    assert restored_seeder == is_seeder
+                    assert now_s - restored_seen_s == pytest.approx(age_s, abs=TIME_TOLERANCE_S)
             assert restored.swarms.get(INFO_HASHES[0]).seeders == 1  # type: ignore[union-attr]
 
             restored_batches = {
@@ -183,7 +184,7 @@ async def test_round_trip_restores_state(tmp_path: Path, trackers: dict[str, Fak
             for info_hash in INFO_HASHES:
                 cached = restored.cache.get(info_hash)
                 assert cached is not None
-                assert set(cached.merged(now_s)) == {compact_peer("10.1.1.1", 6000), compact_peer("10.2.2.2", 6001)}
+                assert set(cached.endpoints(now_s)) == {compact_peer("10.1.1.1", 6000), compact_peer("10.2.2.2", 6001)}
 
             for health in restored.registry.forwarders:
                 assert (
@@ -341,7 +342,7 @@ async def test_expired_peers_dropped_on_load(tmp_path: Path, trackers: dict[str,
             assert restored.swarms.peer_count == 1
             swarm = restored.swarms.get(INFO_HASHES[0])
             assert swarm is not None
-            assert list(swarm.peers_by_endpoint) == [bytes([127, 0, 0, 1]) + (7003).to_bytes(2, "big")]
+            assert [peer[0] for peer in swarm.peers()] == [bytes([127, 0, 0, 1]) + (7003).to_bytes(2, "big")]
             assert restored.swarms.get(INFO_HASHES[1]) is None
             assert restored.table.get(INFO_HASHES[1]) is None
             assert restored.table.get(INFO_HASHES[0]) is not None

@@ -220,7 +220,7 @@ def test_encode_url_data_splits_into_255_byte_chunks() -> None:
 def test_announce_reply_layout() -> None:
     endpoints = [bytes([127, 0, 0, 1, 0x1A, 0xE1]), bytes([10, 0, 0, 2, 0, 80])]
 
-    packet = build_announce_reply(0x01020304, interval=1800, leechers=3, seeders=5, endpoints=endpoints)
+    packet = build_announce_reply(0x01020304, interval=1800, leechers=3, seeders=5, peers=b"".join(endpoints))
 
     assert packet[:20] == bytes.fromhex("00000001" "01020304" "00000708" "00000003" "00000005")
     assert len(packet) == 20 + 12
@@ -233,7 +233,7 @@ def test_announce_reply_layout() -> None:
 
 
 def test_announce_reply_clamps_counts_to_u32() -> None:
-    packet = build_announce_reply(1, interval=60, leechers=2**40, seeders=-1, endpoints=[])
+    packet = build_announce_reply(1, interval=60, leechers=2**40, seeders=-1, peers=b"")
 
     reply = parse_announce_reply(packet, 6)
     assert reply.leechers == 0xFFFFFFFF
@@ -415,7 +415,7 @@ def test_scrape_reply_round_trip(transaction_id: int, counts: list[tuple[int, in
 
 @given(transaction_id=u32, endpoints=st.lists(st.binary(min_size=18, max_size=18), max_size=50))
 def test_announce_reply_round_trip_ipv6(transaction_id: int, endpoints: list[bytes]) -> None:
-    packet = build_announce_reply(transaction_id, interval=900, leechers=1, seeders=2, endpoints=endpoints)
+    packet = build_announce_reply(transaction_id, interval=900, leechers=1, seeders=2, peers=b"".join(endpoints))
 
     assert len(packet) == 20 + 18 * len(endpoints)
     assert parse_announce_reply(packet, 18).endpoints == endpoints
