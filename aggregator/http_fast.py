@@ -55,6 +55,7 @@ class FastHttpServer:
         self.connections: set["_Connection"] = set()
         self.busy: set["_Connection"] = set()  # connections whose replies wait for upstreams
         self._drained: asyncio.Future[None] | None = None
+        self._idle_sweep: asyncio.TimerHandle | None = None
         self.closing = False
 
     async def listen(self, sock: socket.socket) -> None:
@@ -62,6 +63,18 @@ class FastHttpServer:
         # create_server listens again with its own backlog (100 by default), so pass ours.
         server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=LISTEN_BACKLOG)
         self._servers.append(server)
+        if self._idle_sweep is None:
+            self._idle_sweep = loop.call_later(IDLE_TIMEOUT_S, self._close_idle, loop)
+
+    def _close_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the connections that read nothing since the last sweep and have no reply pending.
+
+        One timer for the whole server: a timer per connection would cost more than the sweep
+        when most clients open a connection per announce.
+        """
+        for connection in list(self.connections):
+            connection.check_idle()
+        self._idle_sweep = loop.call_later(IDLE_TIMEOUT_S, self._close_idle, loop)
 
     def note_idle(self, connection: "_Connection") -> None:
         self.busy.discard(connection)
@@ -73,6 +86,9 @@ class FastHttpServer:
         self.closing = True
         for server in self._servers:
             server.close()
+        if self._idle_sweep is not None:
+            self._idle_sweep.cancel()
+            self._idle_sweep = None
 
         if self.busy and grace_s > 0:
             self._drained = asyncio.get_running_loop().create_future()
@@ -101,9 +117,8 @@ class _Connection(asyncio.Protocol):
         self._peer = ""
         self._pending: collections.deque[_Request] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        # Reads so far, and at the last idle check: a cheap sign of activity, so that a read does
-        # not have to re-arm the timer.
+        # Reads so far, and at the last idle sweep: a cheap sign of activity, so that a read does
+        # not have to touch a timer.
         self._reads = 0
         self._reads_checked = -1
         # The request being parsed.
@@ -119,13 +134,10 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
         self._server.connections.add(self)
-        self._idle_timer = self._loop.call_later(IDLE_TIMEOUT_S, self._close_if_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self._worker is not None:
             self._worker.cancel()
         self._server.note_idle(self)
@@ -263,14 +275,13 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge
 
-    def _close_if_idle(self) -> None:
-        """Close a connection that read nothing for a whole timer period and has no reply pending."""
+    def check_idle(self) -> None:
+        """Close the connection if it read nothing since the last check and has no reply pending."""
         if self._reads == self._reads_checked and self._worker is None:
             self.abort()
             return
 
         self._reads_checked = self._reads
-        self._idle_timer = self._loop.call_later(IDLE_TIMEOUT_S, self._close_if_idle)
 
 
 async def _with_status(body: Awaitable[bytes]) -> tuple[int, bytes]:

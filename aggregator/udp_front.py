@@ -48,6 +48,8 @@ ACCEPTED_BUCKETS = 3
 CONNECTION_ID_BYTES = 8
 
 EXPIRED_CONNECTION_ID_MESSAGE = "connection id expired"
+# Client addresses whose packed form is kept; the cache is emptied when it reaches this size.
+PACKED_IP_CACHE_SIZE = 65536
 
 _ID_INPUT_SUFFIX = struct.Struct("!Hq")  # client port, time bucket
 
@@ -57,9 +59,10 @@ Address = tuple[str | Any, int]  # (host, port), or (host, port, flowinfo, scope
 class ConnectionIds:
     """Derives connection ids from the client address and a time bucket, so nothing is stored per client.
 
-    An id is the first 8 bytes of HMAC-SHA256 over (client IP, client port, bucket), keyed with a
+    An id is an 8-byte keyed BLAKE2b digest of (client IP, client port, bucket), keyed with a
     secret drawn at start. A client cannot compute the id of an address whose packets it does not
-    receive, and ids become invalid when the process restarts.
+    receive, and ids become invalid when the process restarts. Keyed BLAKE2b is a MAC in one pass,
+    about half the cost of HMAC-SHA256, and every announce checks one.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, secret: bytes | None = None) -> None:
@@ -70,15 +73,16 @@ class ConnectionIds:
         return int.from_bytes(self._derive(packed_ip, port, self._bucket()), "big")
 
     def is_valid(self, connection_id: int, packed_ip: bytes, port: int) -> bool:
-        """Check the id against the current bucket and the ACCEPTED_BUCKETS - 1 buckets before it."""
+        """Check the id against the current bucket, then the ACCEPTED_BUCKETS - 1 buckets before it."""
         received = connection_id.to_bytes(CONNECTION_ID_BYTES, "big")
         current = self._bucket()
-        matched = False
-        for bucket in range(current - ACCEPTED_BUCKETS + 1, current + 1):
-            # Check every bucket, so the time taken does not tell which one matched.
-            matched |= hmac.compare_digest(received, self._derive(packed_ip, port, bucket))
+        # Newest first, because most clients announce soon after they connect. Stopping at a match
+        # shows only how old a valid id is, which its owner knows anyway.
+        for bucket in range(current, current - ACCEPTED_BUCKETS, -1):
+            if hmac.compare_digest(received, self._derive(packed_ip, port, bucket)):
+                return True
 
-        return matched
+        return False
 
     def _bucket(self) -> int:
         return int(self._clock() // CONNECTION_ID_BUCKET_S)
@@ -86,7 +90,7 @@ class ConnectionIds:
     def _derive(self, packed_ip: bytes, port: int, bucket: int) -> bytes:
         message = packed_ip + _ID_INPUT_SUFFIX.pack(port, bucket)
 
-        return hmac.digest(self._secret, message, hashlib.sha256)[:CONNECTION_ID_BYTES]
+        return hashlib.blake2b(message, digest_size=CONNECTION_ID_BYTES, key=self._secret).digest()
 
 
 class UdpTracker:
@@ -111,6 +115,7 @@ class UdpTracker:
         self._connection_ids = connection_ids
         self._transports: list[asyncio.DatagramTransport] = []
         self._announce_tasks: set[asyncio.Task[None]] = set()
+        self._packed_ips: dict[str, bytes] = {}  # client address text -> packed address
         self._closing = False
 
         # Packets by outcome, as plain counters that a metrics export can read.
@@ -162,7 +167,7 @@ class UdpTracker:
     def _dispatch(self, transport: asyncio.DatagramTransport, packet: bytes, address: Address) -> None:
         try:
             header = parse_header(packet)
-            packed_ip = pack_ip(address[0])
+            packed_ip = self._packed_ips.get(address[0]) or self._pack_ip(address[0])
         except (UdpPacketError, ValueError) as error:
             self.dropped_packets += 1
             log.debug("udp.request.dropped", client=address[0], client_port=address[1], error=str(error))
@@ -197,6 +202,15 @@ class UdpTracker:
             self._scrape(transport, address, packet, transaction_id)
         else:
             self._start_announce(transport, address, packet, transaction_id, packed_ip)
+
+    def _pack_ip(self, host: str) -> bytes:
+        """Pack a client address and keep it: parsing the text costs more than the rest of a connect."""
+        packed_ip = pack_ip(host)
+        if len(self._packed_ips) >= PACKED_IP_CACHE_SIZE:
+            self._packed_ips.clear()  # bounded, as any client can send from many addresses
+        self._packed_ips[host] = packed_ip
+
+        return packed_ip
 
     def _scrape(
         self, transport: asyncio.DatagramTransport, address: Address, packet: bytes, transaction_id: int

@@ -3,6 +3,10 @@
 import asyncio
 
 import bencode2
+import pytest
+
+from aggregator import http_fast
+from tests.fake_tracker import FakeTracker, compact_peer
 
 from tests.service_harness import announce_query, serving, settings_for
 
@@ -95,3 +99,51 @@ async def test_garbage_gets_400_and_close() -> None:
 
     assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert len(service.swarms) == 0
+
+
+async def test_pipelined_requests_wait_behind_first_round() -> None:
+    # The first announce of a new infohash waits for the upstream reply; the requests pipelined
+    # behind it on the same connection are answered only after it, in order.
+    upstream_peer = compact_peer("10.9.9.9", 6999)
+    tracker = FakeTracker(reply={b"interval": 1800, b"peers": upstream_peer}, hold=asyncio.Event())
+    await tracker.start()
+    try:
+        async with serving(settings_for([tracker])) as (service, session, url):
+            host, port = service.bound[0]
+            requests = get(f"/announce?{announce_query(7100, INFO_HASH)}")
+            requests += get(f"/announce?{announce_query(7101, INFO_HASH)}")
+            requests += get("/scrape?info_hash=" + "%71" * 20, "Connection: close\r\n")
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(requests)
+            await writer.drain()
+
+            await tracker.wait_for_announces(1)
+            tracker.hold.set()  # type: ignore[union-attr]
+            responses = split_responses(await asyncio.wait_for(reader.read(), timeout=5))
+            writer.close()
+    finally:
+        await tracker.stop()
+
+    assert len(responses) == 3
+    first, second = (bencode2.bdecode(body) for _, _, body in responses[:2])
+    assert upstream_peer in first[b"peers"]
+    assert first[b"incomplete"] >= 1
+    assert second[b"incomplete"] >= 2
+    assert b"files" in bencode2.bdecode(responses[2][2])
+
+
+async def test_idle_connection_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_fast, "IDLE_TIMEOUT_S", 0.05)
+    async with serving(settings_for([])) as (service, session, url):
+        host, port = service.bound[0]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(get(f"/announce?{announce_query(7200, INFO_HASH)}"))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+
+        # Nothing more is sent, so a sweep closes the connection within two periods.
+        await asyncio.wait_for(reader.read(), timeout=5)
+        closed = reader.at_eof()
+        writer.close()
+
+    assert closed
