@@ -35,6 +35,7 @@ class Batch:
         "forwarder_index",
         "due_s",
         "sequence",
+        "ready_since_s",
         "in_index",
         "in_flight",
         "retired",
@@ -53,6 +54,10 @@ class Batch:
         self.forwarder_index = forwarder_index
         self.due_s = 0.0
         self.sequence = 0
+        # The due time of the current round, kept while the forwarder registry delays the batch
+        # (throttled, or waiting for an in-flight slot) and moves due_s, and None otherwise. The
+        # dispatcher measures flush lag from it and clears it when it hands the batch to a worker.
+        self.ready_since_s: float | None = None
         self.in_index = 0  # which DueIndex list contains the batch, or 0 for none
         self.in_flight = False
         self.retired = False

@@ -174,6 +174,7 @@ class BatchTable:
             if batch.pending_event is UpstreamEvent.STOPPED:
                 batch.pending_event = UpstreamEvent.NONE
                 batch.priority = Priority.REFRESH
+                batch.ready_since_s = None  # a new round: the refresh is due at its own time
                 self._index.schedule(batch, self._refresh_due_s(batch, now_s))
 
     def start_announce(self, batch: Batch) -> UpstreamEvent:

@@ -108,7 +108,7 @@ class Settings:
     scale_cooldown_s: float = 10.0  # minimum time between two scaling steps
     throttle_threshold: float = 0.6  # pressure above which only the best forwarders get batches; 0 = off
     throttle_top_n: int = 20
-    throttle_defer_s: float = 60.0  # delay of a throttled forwarder's batch
+    throttle_defer_s: float = 60.0  # mean delay of a throttled forwarder's batch
     max_forwarders_per_infohash: int = 0  # forwarders a new infohash is announced to; 0 = all
     rate_limit_threshold: float = 0.8  # pressure above which new infohashes pass a token bucket; 0 = off
     rate_limit_per_s: float = 50.0
@@ -353,7 +353,9 @@ _SCALAR_RULES: dict[str, _ScalarRule] = {
     "scale_cooldown_s": _FloatRule(0, _DAY_S, "minimum seconds between two worker scaling steps"),
     "throttle_threshold": _FractionRule("pressure above which only the best forwarders get batches (0 turns it off)"),
     "throttle_top_n": _IntRule(1, 100_000, "forwarders that keep getting batches while throttling"),
-    "throttle_defer_s": _FloatRule(0, _DAY_S, "seconds a throttled forwarder's batch is deferred"),
+    "throttle_defer_s": _FloatRule(
+        0, _DAY_S, "mean seconds a throttled forwarder's batch is deferred, each time from 0.5 to 1.5 times this"
+    ),
     "max_forwarders_per_infohash": _IntRule(
         0, 100_000, "forwarders a new infohash is announced to, best first (0 for all)"
     ),

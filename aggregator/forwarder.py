@@ -3,11 +3,12 @@
 The dispatcher calls `ForwarderRegistry.admit` before it hands a batch to a worker. A batch of a
 suspended or disabled forwarder is moved to the time the forwarder may be tried again, so it is
 popped once per state change, never in a busy loop. A batch beyond the forwarder's in-flight
-cap waits in that forwarder's queue until one of its announces finishes.
+cap waits in that forwarder's queue until a slot of that forwarder is free.
 """
 
 import collections
 import enum
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,14 @@ log = structlog.get_logger("aggregator.forwarder")
 EMA_WEIGHT = 0.2
 # Individual failures are logged at DEBUG; a summary per forwarder goes out at most this often.
 FAILURE_SUMMARY_PERIOD_S = 60.0
+# A throttled batch is moved by throttle_defer_s times a random factor from this range. The mean
+# stays throttle_defer_s, and a backlog popped within a few seconds comes back spread over a
+# whole throttle_defer_s instead of as one wave.
+THROTTLE_JITTER_RANGE = (0.5, 1.5)
+# Throttling lets a batch through, whatever its forwarder's rank, once the batch has been ready
+# (past the due time of its round) for this many times throttle_defer_s. Throttling therefore
+# delays a pair but never starves it.
+THROTTLE_MAX_WAIT_FACTOR = 3.0
 
 
 class ForwarderState(enum.Enum):
@@ -130,24 +139,22 @@ class ForwarderRegistry:
         health = self.forwarders[batch.forwarder_index]
         health.deferred.discard(batch)
 
-        if self.throttle_allowed is not None and batch.forwarder_index not in self.throttle_allowed:
-            # Deferred, not dropped: the batch comes back when pressure is lower or this forwarder ranks better.
-            self.throttled += 1
-            self._index.schedule(batch, now_s + self.policy.throttle_defer_s)
+        if self._is_throttled(batch, now_s):
+            self._throttle(health, batch, now_s)
             return False
 
         if health.state is ForwarderState.SUSPENDED and now_s >= health.until_s:
             self._activate(health, "suspension over")
 
         if health.state is ForwarderState.SUSPENDED:
-            self._defer(health, batch, health.until_s)
+            self._defer(health, batch, health.until_s, now_s)
             return False
 
         if health.state is ForwarderState.DISABLED:
             if health.probing or now_s < health.until_s:
                 # The next probe is at until_s; while one is in flight, expect its verdict soon.
                 next_try_s = health.until_s if now_s < health.until_s else now_s + health.probe_delay_s
-                self._defer(health, batch, next_try_s)
+                self._defer(health, batch, next_try_s, now_s)
                 return False
 
             health.probing = True  # this batch is the probe
@@ -155,6 +162,7 @@ class ForwarderRegistry:
             return True
 
         if health.inflight >= self.policy.max_inflight:
+            _keep_ready_since(batch)
             health.waiting.append(batch)
             return False
 
@@ -192,12 +200,17 @@ class ForwarderRegistry:
         """Free the in-flight slot of a finished announce and let one waiting batch go."""
         health = self.forwarders[forwarder_index]
         health.inflight -= 1
+        self._schedule_waiting(health, self._clock())
 
-        while health.waiting:
-            batch = health.waiting.popleft()
-            if not batch.retired:
-                self._index.schedule(batch, self._clock())
-                break
+    def release_waiting(self, now_s: float) -> None:
+        """Put one waiting batch of every forwarder with a free in-flight slot back in the index, due now.
+
+        `admit` and `release` do this as they go. This catches the rest: a batch that `release` put
+        back in the index, and that was retired or moved later before the dispatcher popped it, so
+        that no announce of its forwarder is left to release the next one.
+        """
+        for health in self.forwarders:
+            self._schedule_waiting(health, now_s)
 
     def record_success(self, forwarder_index: int, latency_s: float, interval_s: int) -> None:
         health = self.forwarders[forwarder_index]
@@ -274,10 +287,40 @@ class ForwarderRegistry:
         health.failures_since_summary.clear()
         health.last_summary_s = now_s
 
-    def _defer(self, health: ForwarderHealth, batch: Batch, until_s: float) -> None:
+    def _is_throttled(self, batch: Batch, now_s: float) -> bool:
+        if self.throttle_allowed is None or batch.forwarder_index in self.throttle_allowed:
+            return False
+
+        ready_since_s = batch.due_s if batch.ready_since_s is None else batch.ready_since_s
+        return now_s - ready_since_s < THROTTLE_MAX_WAIT_FACTOR * self.policy.throttle_defer_s
+
+    def _throttle(self, health: ForwarderHealth, batch: Batch, now_s: float) -> None:
+        """Move a batch about throttle_defer_s later, by a random factor. The batch is never dropped."""
+        self.throttled += 1
+        _keep_ready_since(batch)
+        defer_s = self.policy.throttle_defer_s * random.uniform(*THROTTLE_JITTER_RANGE)
+        self._index.schedule(batch, now_s + defer_s)
+        # If the batch came from the waiting queue, it leaves its slot unused, so the next waiting batch gets it.
+        self._schedule_waiting(health, now_s)
+
+    def _defer(self, health: ForwarderHealth, batch: Batch, until_s: float, now_s: float) -> None:
         self.deferred += 1
         health.deferred.add(batch)
+        # The forwarder's own state sets the new due time, so flush lag counts from there.
+        batch.ready_since_s = None
         self._index.schedule(batch, max(until_s, batch.due_s))
+        self._schedule_waiting(health, now_s)
+
+    def _schedule_waiting(self, health: ForwarderHealth, now_s: float) -> None:
+        """Put the first live waiting batch back in the index, due now, if the forwarder has a free slot."""
+        if health.inflight >= self.policy.max_inflight:
+            return
+
+        while health.waiting:
+            batch = health.waiting.popleft()
+            if not batch.retired:
+                self._index.schedule(batch, now_s)
+                return
 
     def _suspend(self, health: ForwarderHealth, until_s: float, reason: str) -> None:
         health.state = ForwarderState.SUSPENDED
@@ -324,6 +367,12 @@ class ForwarderRegistry:
             if batch.in_index and not batch.retired:
                 self._index.schedule(batch, now_s)
         health.deferred.clear()
+
+
+def _keep_ready_since(batch: Batch) -> None:
+    """Keep the due time of the batch's round before the registry moves the batch (see Batch.ready_since_s)."""
+    if batch.ready_since_s is None:
+        batch.ready_since_s = batch.due_s
 
 
 def _ema(average: float | None, sample: float) -> float:

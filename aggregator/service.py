@@ -354,7 +354,9 @@ class Service:
     async def _control_overload(self) -> None:
         while True:
             await asyncio.sleep(OVERLOAD_TICK_S)
-            self.overload.tick(self._clock())
+            now_s = self._clock()
+            self.overload.tick(now_s)
+            self.registry.release_waiting(now_s)
 
     def count_ready(self, now_s: float) -> int:
         """Count the ready backlog: batches past their due time, in the index or waiting for a forwarder slot."""

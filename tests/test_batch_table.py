@@ -3,6 +3,7 @@ import pytest
 from aggregator.batch import Priority, UpstreamEvent
 from aggregator.batch_table import BatchTable
 from aggregator.due_index import DueIndex
+from aggregator.forwarder import ForwarderRegistry, HealthPolicy
 
 INFO_HASH = b"\x33" * 20
 FORWARDERS = 3
@@ -124,6 +125,26 @@ def test_refill_cancels_queued_stopped() -> None:
     assert drain_due(table, index, 60.0) == []
     assert all(batch.due_s == 1800.0 for batch in torrent.batches)
     assert drain_due(table, index, 1800.0) == [UpstreamEvent.NONE] * FORWARDERS
+
+
+def test_refill_forgets_throttled_stopped_round() -> None:
+    """A `stopped` held back by throttling, then cancelled: flush lag counts from the refresh due time."""
+    table, index = make_table(forwarders=1)
+    policy = HealthPolicy(max_inflight=4, suspend_s=300, disable_after_failures=10, probe_base_s=60, probe_max_s=3600)
+    registry = ForwarderRegistry(["f0"], policy, index, lambda: 100.0)
+    torrent = table.open(INFO_HASH, now_s=0.0)
+    drain_due(table, index, 0.0, interval_s=1800.0)
+    table.note_swarm_emptied(INFO_HASH, now_s=100.0)
+    registry.set_throttle(frozenset())
+    batch = index.pop_due(100.0)
+    assert batch is not None
+    assert not registry.admit(batch, 100.0)
+    assert batch.ready_since_s == 100.0
+
+    table.note_swarm_refilled(torrent, now_s=120.0)
+
+    assert batch.due_s == 1800.0
+    assert batch.ready_since_s is None
 
 
 def test_refill_after_stopped_sent_starts_again() -> None:

@@ -8,9 +8,10 @@ import pytest
 
 from aggregator.batch import Batch, Priority, TorrentBatches, UpstreamEvent
 from aggregator.batch_table import BatchTable
+from aggregator.dispatcher import Dispatcher
 from aggregator.due_index import DueIndex
 from aggregator.faults import Verdict
-from aggregator.forwarder import ForwarderRegistry, ForwarderState, HealthPolicy
+from aggregator.forwarder import THROTTLE_MAX_WAIT_FACTOR, ForwarderRegistry, ForwarderState, HealthPolicy
 from aggregator.overload import Admission, OverloadControl, OverloadPolicy, ScalingPolicy, TokenBucket, WorkerScaler
 from aggregator.service import Service
 from aggregator.upstream_reply import FailureKind
@@ -162,7 +163,7 @@ def test_throttle_serves_only_top_forwarders() -> None:
     slow = Batch(TorrentBatches(b"\xee" * 20), 2)
     fast = Batch(TorrentBatches(b"\xef" * 20), 1)
     assert not harness.registry.admit(slow, harness.clock())
-    assert slow.due_s == harness.clock() + HEALTH.throttle_defer_s
+    assert harness.clock() + 0.5 * HEALTH.throttle_defer_s <= slow.due_s <= harness.clock() + 1.5 * HEALTH.throttle_defer_s
     assert slow.in_index
     assert harness.registry.throttled == 1
     assert harness.registry.admit(fast, harness.clock())
@@ -392,3 +393,153 @@ def test_upstream_event_kept_while_throttled() -> None:
     assert not harness.registry.admit(batch, 0.0)
     assert batch.pending_event is UpstreamEvent.STOPPED
     assert batch.in_index
+
+
+def test_throttle_deferrals_are_spread() -> None:
+    harness = Harness()
+    harness.registry.set_throttle(frozenset({1}))
+    batches = [Batch(TorrentBatches(number.to_bytes(20, "big")), 0) for number in range(50)]
+
+    for batch in batches:
+        assert not harness.registry.admit(batch, harness.clock())
+
+    due_times = [batch.due_s for batch in batches]
+    assert len(set(due_times)) > 1
+    assert min(due_times) >= harness.clock() + 0.5 * HEALTH.throttle_defer_s
+    assert max(due_times) <= harness.clock() + 1.5 * HEALTH.throttle_defer_s
+    assert harness.registry.throttled == 50
+
+
+def test_throttled_forwarder_not_starved() -> None:
+    """Pressure never drops and forwarder 0 never ranks among the best: its batch still goes."""
+    harness = Harness()
+    harness.registry.set_throttle(frozenset({1, 2}))
+    batch = Batch(TorrentBatches(b"\x61" * 20), 0)
+    harness.index.schedule(batch, harness.clock())
+    first_due_s = batch.due_s
+
+    admitted = False
+    for _ in range(20):
+        earliest = harness.index.earliest()
+        assert earliest is batch
+        harness.clock.now_s = max(harness.clock(), earliest.due_s)
+        assert harness.index.pop_due(harness.clock()) is batch
+        if harness.registry.admit(batch, harness.clock()):
+            admitted = True
+            break
+
+    max_wait_s = THROTTLE_MAX_WAIT_FACTOR * HEALTH.throttle_defer_s
+    assert admitted
+    assert harness.registry.throttled >= 2
+    assert harness.clock() - first_due_s >= max_wait_s
+    assert harness.clock() - first_due_s <= max_wait_s + 1.5 * HEALTH.throttle_defer_s
+
+
+def one_slot_registry() -> tuple[FakeClock, DueIndex, ForwarderRegistry, list[Batch]]:
+    """Forwarder 0 with one in-flight slot: batch 0 is in flight, batches 1 and 2 wait for the slot."""
+    clock = FakeClock(0.0)
+    index = DueIndex()
+    registry = ForwarderRegistry(["f0", "f1"], replace(HEALTH, max_inflight=1), index, clock)
+    batches = [Batch(TorrentBatches(number.to_bytes(20, "big")), 0) for number in range(3)]
+    for batch in batches:
+        index.schedule(batch, clock())
+    for batch in batches:
+        assert index.pop_due(clock()) is batch
+        assert registry.admit(batch, clock()) is (batch is batches[0])
+    assert list(registry[0].waiting) == batches[1:]
+
+    return clock, index, registry, batches
+
+
+@pytest.mark.parametrize("cause", ["throttled", "suspended"])
+def test_waiting_queue_drains_when_slot_unused(cause: str) -> None:
+    clock, index, registry, batches = one_slot_registry()
+    if cause == "throttled":
+        registry.set_throttle(frozenset({1}))
+    else:
+        registry.record_failure(0, Verdict.SUSPEND, FailureKind.RATE_LIMITED, "429", clock(), suspend_for_s=120.0)
+
+    registry.release(0)  # batch 0 finished: batch 1 gets the slot
+    assert index.pop_due(clock()) is batches[1]
+    assert not registry.admit(batches[1], clock())
+
+    # Batch 1 did not take the slot, so batch 2 must not stay in the waiting queue.
+    assert not registry[0].waiting
+    assert batches[2].in_index
+    assert batches[2].due_s == clock()
+
+    # Throttled or suspended, the forwarder gets every batch in the end.
+    announced = {id(batches[0])}
+    for _ in range(20):
+        earliest = index.earliest()
+        if earliest is None:
+            break
+        clock.now_s = max(clock(), earliest.due_s)
+        batch = index.pop_due(clock())
+        assert batch is not None
+        if registry.admit(batch, clock()):
+            announced.add(id(batch))
+            registry.release(0)
+    assert announced == {id(batch) for batch in batches}
+    assert not registry[0].waiting
+    assert registry[0].inflight == 0
+
+
+def test_waiting_queue_drains_after_retire() -> None:
+    clock = FakeClock(0.0)
+    index = DueIndex()
+    registry = ForwarderRegistry(["f0"], replace(HEALTH, max_inflight=1), index, clock)
+    table = BatchTable(1, index, first_wait_s=0.0, retry_base_s=30.0, retry_max_s=600.0)
+    batches = [table.open(number.to_bytes(20, "big"), clock()).batches[0] for number in range(3)]
+    for batch in batches:
+        assert index.pop_due(clock()) is batch
+        registry.admit(batch, clock())
+    registry.release(0)  # batch 1 gets the slot, but its infohash is retired before the dispatcher pops it
+    table.retire_infohash(batches[1].info_hash)
+    assert list(registry[0].waiting) == [batches[2]]
+
+    registry.release_waiting(clock())
+
+    assert not registry[0].waiting
+    assert index.pop_due(clock()) is batches[2]
+    assert registry.admit(batches[2], clock())
+
+
+async def test_flush_lag_spans_throttle_deferrals() -> None:
+    clock = FakeClock(1000.0)
+    index = DueIndex()
+    registry = ForwarderRegistry(["f0", "f1"], HEALTH, index, clock)
+    registry.set_throttle(frozenset({1}))
+    lags: list[float] = []
+    throttled = asyncio.Event()
+    dispatched = asyncio.Event()
+
+    def admit(batch: Batch, now_s: float) -> bool:
+        admitted = registry.admit(batch, now_s)
+        if not admitted:
+            throttled.set()
+        return admitted
+
+    async def run_batch(batch: Batch) -> None:
+        dispatched.set()
+
+    dispatcher = Dispatcher(index, run_batch, 1, clock, admit=admit, observe_lag=lags.append)
+    batch = Batch(TorrentBatches(b"\x62" * 20), 0)
+    index.schedule(batch, clock())
+    dispatcher.start()
+    try:
+        async with asyncio.timeout(5.0):
+            await throttled.wait()
+        assert batch.due_s > clock()
+
+        registry.set_throttle(None)  # pressure is back under the threshold
+        clock.now_s = batch.due_s
+        dispatcher.wake()
+        async with asyncio.timeout(5.0):
+            await dispatched.wait()
+    finally:
+        await dispatcher.stop()
+
+    assert lags == [pytest.approx(clock() - 1000.0)]
+    assert lags[0] >= 0.5 * HEALTH.throttle_defer_s
+    assert batch.ready_since_s is None
