@@ -27,6 +27,11 @@ class Priority(enum.IntEnum):
     REFRESH = 2
 
 
+_IN_FLIGHT = 1
+_RETIRED = 2
+_ANNOUNCED = 4
+
+
 class Batch:
     """The pending upstream announce of one infohash to one forwarder."""
 
@@ -37,11 +42,9 @@ class Batch:
         "sequence",
         "ready_since_s",
         "in_index",
-        "in_flight",
-        "retired",
+        "_flags",
         "priority",
         "pending_event",
-        "announced",
         "tracker_id",
         "interval_s",
         "min_interval_s",
@@ -59,16 +62,46 @@ class Batch:
         # dispatcher measures flush lag from it and clears it when it hands the batch to a worker.
         self.ready_since_s: float | None = None
         self.in_index = 0  # which DueIndex list contains the batch, or 0 for none
-        self.in_flight = False
-        self.retired = False
+        # in_flight, retired and announced share one int: a slot costs 8 bytes on each of up to
+        # millions of batches.
+        self._flags = 0
         self.priority = Priority.INITIAL
         self.pending_event = UpstreamEvent.STARTED
-        self.announced = False  # True once a `started` reached this forwarder
         self.tracker_id: bytes | None = None
         self.interval_s = 0.0
         self.min_interval_s = 0.0
         self.last_success_s: float | None = None
         self.failures = 0  # consecutive failed announces, for the back-off
+
+    @property
+    def in_flight(self) -> bool:
+        """True while a worker announces the batch."""
+        return bool(self._flags & _IN_FLIGHT)
+
+    @in_flight.setter
+    def in_flight(self, value: bool) -> None:
+        self._set_flag(_IN_FLIGHT, value)
+
+    @property
+    def retired(self) -> bool:
+        """True once the batch left its torrent; a retired batch is never scheduled again."""
+        return bool(self._flags & _RETIRED)
+
+    @retired.setter
+    def retired(self, value: bool) -> None:
+        self._set_flag(_RETIRED, value)
+
+    @property
+    def announced(self) -> bool:
+        """True once a `started` reached this forwarder."""
+        return bool(self._flags & _ANNOUNCED)
+
+    @announced.setter
+    def announced(self, value: bool) -> None:
+        self._set_flag(_ANNOUNCED, value)
+
+    def _set_flag(self, flag: int, value: bool) -> None:
+        self._flags = self._flags | flag if value else self._flags & ~flag
 
     def __lt__(self, other: "Batch") -> bool:
         if self.due_s != other.due_s:

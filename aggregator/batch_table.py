@@ -18,6 +18,9 @@ MAX_STOPPED_PAIRS = 100_000
 # harmless, and the upstream drops our entry by itself after its own peer timeout.
 MAX_STOPPED_ATTEMPTS = 2
 
+# Distinct upstream interval values whose float objects batches share.
+MAX_SHARED_INTERVALS = 1024
+
 
 class BatchTable:
     """All batches, keyed by infohash, with their places in the DueIndex."""
@@ -43,6 +46,7 @@ class BatchTable:
         self.refused_pairs = 0  # pairs not opened because max_batches was reached
         self._torrents: dict[bytes, TorrentBatches] = {}
         self.batch_count = 0
+        self._intervals: dict[float, float] = {}  # one float object per interval value seen
         # Pairs whose upstream replied `retry in: never`, oldest first; kept across swarm lifetimes.
         self._stopped_pairs: dict[tuple[bytes, int], None] = {}
 
@@ -204,8 +208,10 @@ class BatchTable:
 
         batch.in_flight = False
         batch.failures = 0
-        batch.interval_s = interval_s
-        batch.min_interval_s = min_interval_s
+        # Upstreams send few distinct intervals, so batches share one float object per value
+        # instead of holding 48 bytes of their own.
+        batch.interval_s = self._shared_interval(interval_s)
+        batch.min_interval_s = self._shared_interval(min_interval_s)
         batch.last_success_s = now_s
 
         if sent_event is UpstreamEvent.STARTED:
@@ -223,6 +229,15 @@ class BatchTable:
             return
 
         self._reschedule(batch, now_s)
+
+    def _shared_interval(self, interval_s: float) -> float:
+        shared = self._intervals.get(interval_s)
+        if shared is not None:
+            return shared
+        if len(self._intervals) < MAX_SHARED_INTERVALS:  # an upstream may send a new value each time
+            self._intervals[interval_s] = interval_s
+
+        return interval_s
 
     def after_failure(
         self, batch: Batch, sent_event: UpstreamEvent, now_s: float, retry_at_s: float | None = None
