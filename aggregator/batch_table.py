@@ -117,6 +117,7 @@ class BatchTable:
         if torrent.live_batches == 0:
             del self._torrents[info_hash]
             torrent.first_round = None
+            torrent.batches = []  # no batch <-> torrent cycle is left for the garbage collector
 
         return torrent
 
@@ -286,7 +287,7 @@ class BatchTable:
         if torrent is None:
             return
 
-        for batch in torrent.batches:
+        for batch in list(torrent.batches):  # retiring the last batch empties the list
             batch.in_flight = False  # an announce in flight finds the batch retired and stops there
             self.retire(batch)
 
@@ -304,6 +305,10 @@ class BatchTable:
             del self._torrents[torrent.info_hash]
             if torrent.first_round is not None and not torrent.first_round.done.done():
                 torrent.first_round.done.set_result(None)
+            # Batches still in flight keep their torrent, but the torrent no longer keeps them, so
+            # reference counting frees both without the cyclic garbage collector (see gc_policy).
+            torrent.batches = []
+            torrent.first_round = None
 
     def _reschedule(self, batch: Batch, now_s: float) -> None:
         torrent = batch.torrent

@@ -120,6 +120,7 @@ class Settings:
     # Operations.
     admin_listen: ListenAddress | None = ListenAddress("127.0.0.1", 9090)  # None = no admin listener
     drain_timeout_s: float = 20.0  # grace for in-flight upstream announces at shutdown
+    gc_freeze_interval_s: int = 60  # freeze long-lived objects out of the garbage collector's walks; 0 = off
     state_file: str | None = None  # snapshot written at shutdown and loaded at start
     access_log: bool = False  # JSON access log of client requests
     access_log_sample: float = 1.0  # fraction of client requests logged when access_log is on
@@ -344,6 +345,9 @@ _SCALAR_RULES: dict[str, _ScalarRule] = {
     "probe_base_s": _FloatRule(0, _DAY_S, "seconds before a disabled forwarder is probed the first time"),
     "probe_max_s": _FloatRule(0, _WEEK_S, "maximum seconds between probes of a disabled forwarder"),
     "drain_timeout_s": _FloatRule(0, 3600, "seconds in-flight upstream announces get at shutdown"),
+    "gc_freeze_interval_s": _IntRule(
+        0, 3600, "seconds between freezes of long-lived objects out of full garbage collections (0 turns it off)"
+    ),
     "backlog_capacity": _IntRule(1, 100_000_000, "ready backlog at which pressure reaches 1.0", metavar="BATCHES"),
     "min_workers": _IntRule(1, 4096, "fewest upstream workers when scaling down"),
     "max_workers": _IntRule(1, 4096, "most upstream workers when scaling up"),

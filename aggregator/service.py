@@ -23,6 +23,7 @@ from aggregator.config import ForwarderConfig, ListenAddress, Settings, settings
 from aggregator.dispatcher import Dispatcher
 from aggregator.due_index import DueIndex
 from aggregator.forwarder import ForwarderRegistry, ForwarderState, HealthPolicy
+from aggregator.gc_policy import GcPolicy
 from aggregator.http_fast import FastHttpServer
 from aggregator.http_front import AnnounceHandler, ScrapeHandler, build_app
 from aggregator.metrics import Metrics, ServiceState
@@ -114,6 +115,7 @@ class Service:
             self.access_log,
         )
         self.heartbeat = Heartbeat()
+        self.gc_policy = GcPolicy(settings.gc_freeze_interval_s)
         self.history = BacklogHistory()
 
         self._session: aiohttp.ClientSession | None = None
@@ -159,9 +161,9 @@ class Service:
 
         await self._start_admin()
         await self._start_client_listeners()
-        # TODO: with hundreds of thousands of batches, Python's full garbage collections pause the
-        # loop for tens of milliseconds (bench/burst.py); freezing long-lived state needs the
-        # batch <-> torrent reference cycles broken first.
+        self.gc_policy.start()
+        if self.gc_policy.enabled:
+            self._background.append(loop.create_task(self._freeze_long_lived(), name="gc-freeze"))
         self.ready = True
         log.info("service.ready", swarms=len(self.swarms), batches=self.table.batch_count)
 
@@ -299,6 +301,7 @@ class Service:
         snapshot_bytes = self._save_snapshot()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        self.gc_policy.stop()
 
         log.info(
             "drain.finished",
@@ -350,6 +353,11 @@ class Service:
         self.swarms.expire(now_s)
         self.cache.expire(now_s)
         self.registry.flush_summaries(now_s)
+
+    async def _freeze_long_lived(self) -> None:
+        while True:
+            await asyncio.sleep(self.gc_policy.freeze_interval_s)
+            self.gc_policy.tick()
 
     async def _control_overload(self) -> None:
         while True:
