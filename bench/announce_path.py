@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aggregator.announce import AnnounceLimits, parse_announce  # noqa: E402
 from aggregator.config import ForwarderConfig, Settings  # noqa: E402
 from aggregator.http_front import AnnounceHandler  # noqa: E402
+from aggregator.query import parse_first_values  # noqa: E402
 from aggregator.replies import encode_announce_reply  # noqa: E402
 from aggregator.service import Service  # noqa: E402
 
@@ -101,6 +102,9 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
 
     costs["parse_announce (query decoding and validation)"] = time_per_call(
         lambda: [parse_announce(query, limits) for query in queries], calls, args.repeats
+    )
+    costs["  of which parse_first_values (query decoding)"] = time_per_call(
+        lambda: [parse_first_values(query) for query in queries], calls, args.repeats
     )
 
     handler = AnnounceHandler(tracker, limits, None, rules, metrics)

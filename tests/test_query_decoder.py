@@ -1,6 +1,8 @@
 """Tests for the raw query decoder and announce validation (aggregator.query, aggregator.announce)."""
 
+import dataclasses
 import string
+from urllib.parse import unquote_to_bytes
 
 import pytest
 from hypothesis import given
@@ -8,7 +10,7 @@ from hypothesis import strategies as st
 
 from aggregator.announce import AnnounceLimits, AnnounceRequest, Event, parse_announce
 from aggregator.errors import RequestError
-from aggregator.query import parse_query
+from aggregator.query import parse_first_values, parse_query, percent_decode
 
 LIMITS = AnnounceLimits(default_numwant=50, max_numwant=200)
 
@@ -70,6 +72,75 @@ def test_query_invalid_escape_kept() -> None:
     assert pairs == [("v", b"%zz%4")]
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"%4a%4B%6c", b"JKl"),  # every byte escaped, lowercase and uppercase hex
+        (b"%41%zz%42", b"A%zzB"),  # an invalid escape among valid ones stays literal
+        (b"%41%4", b"A%4"),  # a cut-off escape at the end stays literal
+        (b"%%%%41", b"%%%A"),  # '%' in a digit position, on a length that fits triplets
+        (b"% 4%41", b"% 4A"),  # whitespace in a digit position, which bytes.fromhex skips between pairs
+        (b"%2B%+1", b"+%+1"),  # "%2B" is a plus, and "+" in a digit position is no escape
+        (b"%41+%42", b"A+B"),  # a literal plus between escapes stays a plus
+        (b"-XX0001-abcdefghijkl", b"-XX0001-abcdefghijkl"),  # no escape at all
+        (b"%", b"%"),
+        (b"", b""),
+    ],
+)
+def test_percent_decode_cases(raw: bytes, expected: bytes) -> None:
+    assert percent_decode(raw) == expected
+    assert unquote_to_bytes(raw) == expected
+
+
+def test_query_escaped_name() -> None:
+    pairs = parse_query("info%5Fhash=%41%42&%70ort=1")
+
+    assert pairs == [("info_hash", b"AB"), ("port", b"1")]
+
+
+def test_first_values_first_wins() -> None:
+    fields = parse_first_values("a=1&info%5Fhash=%41&info_hash=B&a=2")
+
+    assert fields == {b"a": b"1", b"info_hash": b"A"}
+
+
+def test_first_values_empty_fields() -> None:
+    fields = parse_first_values(b"&a=1&&flag&=x&=y&")
+
+    assert fields == {b"a": b"1", b"flag": b"", b"": b"x"}
+
+
+# Pieces that make escapes likely: whole %XX escapes in both hex cases, and lone characters that
+# break an escape when they land in a digit position.
+ESCAPE_PIECES = st.one_of(
+    st.integers(0, 255).map(lambda byte: f"%{byte:02x}".encode()),
+    st.integers(0, 255).map(lambda byte: f"%{byte:02X}".encode()),
+    st.sampled_from([b"%", b"+", b" ", b"\t", b"0", b"9", b"a", b"F", b"g", b"z", b"\xff", b"\x00"]),
+)
+
+
+@given(st.lists(ESCAPE_PIECES).map(b"".join))
+def test_percent_decode_matches_urllib_on_escapes(raw: bytes) -> None:
+    assert percent_decode(raw) == unquote_to_bytes(raw)
+
+
+@given(st.binary())
+def test_percent_decode_matches_urllib_on_bytes(raw: bytes) -> None:
+    assert percent_decode(raw) == unquote_to_bytes(raw)
+
+
+FIELD_PIECES = st.sampled_from([b"&", b"=", b"a", b"info%5Fhash", b"info_hash"])
+
+
+@given(st.lists(st.one_of(ESCAPE_PIECES, FIELD_PIECES)).map(b"".join))
+def test_first_values_match_parse_query(raw: bytes) -> None:
+    expected: dict[bytes, bytes] = {}
+    for name, value in parse_query(raw):
+        expected.setdefault(name.encode("latin-1"), value)
+
+    assert parse_first_values(raw) == expected
+
+
 # parse_announce: info_hash and peer_id
 
 
@@ -92,6 +163,65 @@ def test_announce_space_and_plus() -> None:
 
     assert request.info_hash == info_hash
     assert request.info_hash[1:2] == b"+"
+
+
+def test_announce_escaped_names_and_digits() -> None:
+    raw = announce_query(port="%36881").replace("info_hash=", "info%5fhash=").replace("left=", "%6C%65%66%74=")
+
+    request = parse_announce(raw, LIMITS)
+
+    assert request.info_hash == INFO_HASH
+    assert request.port == 6881
+    assert request.left == 100
+
+
+def test_announce_every_field_in_place() -> None:
+    raw = announce_query(
+        uploaded="11",
+        downloaded="22",
+        left="33",
+        event="completed",
+        numwant="44",
+        compact="0",
+        no_peer_id="1",
+        key="k1",
+        ip="10.0.0.1",
+        ipv4="10.0.0.2",
+        ipv6="%3A%3A3",
+    )
+
+    request = parse_announce(raw, LIMITS)
+
+    assert request.info_hash == INFO_HASH
+    assert request.peer_id == PEER_ID
+    assert request.port == 6881
+    assert request.uploaded == 11
+    assert request.downloaded == 22
+    assert request.left == 33
+    assert request.event is Event.COMPLETED
+    assert request.numwant == 44
+    assert request.compact is False
+    assert request.no_peer_id is True
+    assert request.key == b"k1"
+    assert request.ip == b"10.0.0.1"
+    assert request.ipv4 == b"10.0.0.2"
+    assert request.ipv6 == b"::3"
+
+
+def test_announce_bytes_equals_text() -> None:
+    raw = announce_query(event="started", key="ab%2Bcd", numwant="-1")
+
+    assert parse_announce(raw.encode(), LIMITS) == parse_announce(raw, LIMITS)
+
+
+def test_announce_replace_port() -> None:
+    request = parse_announce(announce_query(), LIMITS)
+
+    moved = dataclasses.replace(request, port=51413)
+
+    assert moved.port == 51413
+    assert request.port == 6881
+    assert moved.info_hash == request.info_hash
 
 
 def test_announce_hex_info_hash_rejected() -> None:
