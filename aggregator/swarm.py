@@ -135,7 +135,7 @@ class Swarm:
         if not is_seeder and left is not None:
             self.last_leecher_left = left
 
-        family = self._family(endpoint)
+        family = self.ipv4 if len(endpoint) == IPV4_ENDPOINT_BYTES else self._family(endpoint)
         position = self.positions.pop(endpoint, -1)
         if position < 0:
             position = family.append(endpoint, peer_id, is_seeder, now_s)
@@ -290,11 +290,13 @@ class SwarmRegistry:
             self._swarms[info_hash] = swarm
             self._file(info_hash, swarm, now_s + self._peer_ttl_s)
 
-        before = len(swarm)
+        before = len(swarm.positions)
         swarm.upsert(endpoint, peer_id, left, now_s)
-        # Expired peers sit at the front, so this costs nothing when there are none.
-        swarm.expire(now_s - self._peer_ttl_s)
-        self.peer_count += len(swarm) - before
+        # No peer can have expired before the start of the swarm's expiry bucket (the bucket of
+        # its oldest peer when it was filed, or earlier), so most announces skip the check.
+        if now_s >= swarm.expiry_bucket * self._bucket_width_s:
+            swarm.expire(now_s - self._peer_ttl_s)
+        self.peer_count += len(swarm.positions) - before
 
         return swarm, created
 

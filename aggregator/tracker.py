@@ -201,7 +201,7 @@ class Tracker:
 
         torrent.upstream_port = request.port
         # Announce as a leecher while any local peer still downloads, so upstreams return seeders.
-        torrent.left = 0 if swarm.leechers == 0 else (swarm.last_leecher_left or 1)
+        torrent.left = 0 if swarm.seeders == len(swarm.positions) else (swarm.last_leecher_left or 1)
 
         if request.event is Event.COMPLETED:
             self.table.note_completed(torrent, now_s)
@@ -233,9 +233,13 @@ class Tracker:
         now_s: float,
     ) -> AnnounceResult:
         """Pick local peers first, then fill up with distinct upstream peers, never the requester."""
-        peers4, peers6 = swarm.sample(numwant, endpoint, width) if swarm is not None else (b"", b"")
-        complete = swarm.seeders if swarm is not None else 0
-        incomplete = swarm.leechers if swarm is not None else 0
+        if swarm is not None:
+            peers4, peers6 = swarm.sample(numwant, endpoint, width)
+            complete = swarm.seeders
+            incomplete = len(swarm.positions) - complete
+        else:
+            peers4 = peers6 = b""
+            complete = incomplete = 0
 
         upstream_found = False
         cached = self.cache.get(info_hash)
@@ -255,20 +259,15 @@ class Tracker:
             complete += cached.complete
             incomplete += cached.incomplete
 
-        interval = self._policy.announce_interval
+        policy = self._policy
+        interval = policy.announce_interval
         # Bring a client back soon while upstreams may still deliver peers it did not get yet.
         if torrent is not None and not upstream_found and torrent.replied < torrent.live_batches:
-            interval = self._policy.first_interval
+            interval = policy.first_interval
+        min_interval = policy.min_interval if policy.min_interval < interval else interval
 
-        return AnnounceResult(
-            interval=interval,
-            min_interval=min(self._policy.min_interval, interval),
-            complete=complete,
-            incomplete=incomplete,
-            peers4=peers4,
-            peers6=peers6,
-            swarm=swarm,
-        )
+        # Positional arguments: keywords cost more, and this runs once per announce.
+        return AnnounceResult(interval, min_interval, complete, incomplete, peers4, peers6, swarm)
 
 
 class FirstRoundWait:
