@@ -168,10 +168,14 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._target += url
-        self._count_head(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
         if name.lower() in _KEPT_HEADERS:
             if self._headers is None:
                 self._headers = CIMultiDict()
@@ -183,9 +187,9 @@ class _Connection(asyncio.Protocol):
 
         parser = self._parser
         headers = CIMultiDictProxy(self._headers) if self._headers is not None else _EMPTY_HEADERS
-        request = _Request(
-            parser.get_method(), self._target, headers, parser.should_keep_alive(), parser.get_http_version() == "1.0"
-        )
+        keep_alive = parser.should_keep_alive()
+        http_1_0 = keep_alive and parser.get_http_version() == "1.0"  # only a kept HTTP/1.0 connection needs to know
+        request = _Request(parser.get_method(), self._target, headers, keep_alive, http_1_0)
         if self._worker is not None:
             self._pending.append(request)  # pipelined behind a reply that waits
             return
@@ -197,7 +201,7 @@ class _Connection(asyncio.Protocol):
             return
 
         if isinstance(reply, tuple):
-            self._send(request, *reply)
+            self._send(request, reply[0], reply[1])
             return
 
         request.reply = reply
@@ -253,6 +257,11 @@ class _Connection(asyncio.Protocol):
         if self._transport is None:
             return
 
+        if status == 200 and keep_alive and not http_1_0:
+            # The usual case, formatted in one step from a prepared start.
+            self._transport.write(b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body))
+            return
+
         connection = b""
         if not keep_alive:
             connection = b"Connection: close\r\n"
@@ -270,11 +279,6 @@ class _Connection(asyncio.Protocol):
         self._write(status, body, keep_alive=False, http_1_0=False)
         self.abort()
 
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
-
     def check_idle(self) -> None:
         """Close the connection if it read nothing since the last check and has no reply pending."""
         if self._reads == self._reads_checked and self._worker is None:
@@ -291,6 +295,8 @@ async def _with_status(body: Awaitable[bytes]) -> tuple[int, bytes]:
 class _HeadTooLarge(Exception):
     """The request line and headers passed MAX_HEAD_BYTES."""
 
+
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
 
 _REASONS = {
     200: b"OK",
