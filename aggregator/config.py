@@ -120,7 +120,7 @@ class Settings:
     # Operations.
     admin_listen: ListenAddress | None = ListenAddress("127.0.0.1", 9090)  # None = no admin listener
     drain_timeout_s: float = 20.0  # grace for in-flight upstream announces at shutdown
-    gc_freeze_interval_s: int = 60  # freeze long-lived objects out of the garbage collector's walks; 0 = off
+    gc_freeze_interval_s: int = 1  # freeze long-lived objects out of the garbage collector's walks; 0 = off
     state_file: str | None = None  # snapshot written at shutdown and loaded at start
     access_log: bool = False  # JSON access log of client requests
     access_log_sample: float = 1.0  # fraction of client requests logged when access_log is on
