@@ -17,25 +17,26 @@ from typing import Any, cast
 import structlog
 
 from aggregator.access_log import AccessLog
-from aggregator.announce import AnnounceLimits
+from aggregator.announce import AnnounceLimits, AnnounceRequest, Event
 from aggregator.config import ListenAddress
 from aggregator.endpoints import pack_ip
 from aggregator.errors import RequestError
 from aggregator.metrics import Metrics
 from aggregator.tracker import AnnounceResult, FirstRoundWait, Tracker
 from aggregator.udp_codec import (
-    Action,
+    ACTION_ANNOUNCE,
+    ACTION_CONNECT,
+    ACTION_SCRAPE,
     ScrapeEntry,
-    UdpAnnounce,
     UdpPacketError,
     build_announce_reply,
     build_connect_reply,
     build_error_reply,
     build_scrape_reply,
-    parse_announce,
+    parse_announce_body,
     parse_connect,
-    parse_header,
     parse_scrape,
+    unpack_header,
 )
 
 log = structlog.get_logger("aggregator.udp")
@@ -46,12 +47,16 @@ CONNECTION_ID_BUCKET_S = 60.0
 # before it are accepted, and an id stays valid for 120 to 180 seconds.
 ACCEPTED_BUCKETS = 3
 CONNECTION_ID_BYTES = 8
+_DIGEST_BYTES = CONNECTION_ID_BYTES - 1  # the last byte of an id is its bucket number modulo 256
 
 EXPIRED_CONNECTION_ID_MESSAGE = "connection id expired"
 # Client addresses whose packed form is kept; the cache is emptied when it reaches this size.
 PACKED_IP_CACHE_SIZE = 65536
 
 _ID_INPUT_SUFFIX = struct.Struct("!Hq")  # client port, time bucket
+# The `event` label of the announce metrics. A dict lookup, because Enum.value is a slow
+# property on Python 3.11.
+_EVENT_LABELS = {event: event.value or "none" for event in Event}
 
 Address = tuple[str | Any, int]  # (host, port), or (host, port, flowinfo, scope_id) over IPv6
 
@@ -59,38 +64,43 @@ Address = tuple[str | Any, int]  # (host, port), or (host, port, flowinfo, scope
 class ConnectionIds:
     """Derives connection ids from the client address and a time bucket, so nothing is stored per client.
 
-    An id is an 8-byte keyed BLAKE2b digest of (client IP, client port, bucket), keyed with a
-    secret drawn at start. A client cannot compute the id of an address whose packets it does not
-    receive, and ids become invalid when the process restarts. Keyed BLAKE2b is a MAC in one pass,
-    about half the cost of HMAC-SHA256, and every announce checks one.
+    An id is a 7-byte keyed BLAKE2b digest of (client IP, client port, bucket), keyed with a
+    secret drawn at start, followed by the bucket number modulo 256. A client cannot compute the
+    id of an address whose packets it does not receive, and ids become invalid when the process
+    restarts. Keyed BLAKE2b is a MAC in one pass, about half the cost of HMAC-SHA256, and every
+    announce checks one. The bucket byte names the bucket to check, so is_valid derives one digest
+    per check instead of up to ACCEPTED_BUCKETS.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, secret: bytes | None = None) -> None:
         self._clock = clock
-        self._secret = secret if secret is not None else os.urandom(32)
+        # Keyed once: copying the keyed state skips hashing the key block for every id.
+        self._keyed_hash = hashlib.blake2b(
+            digest_size=_DIGEST_BYTES, key=secret if secret is not None else os.urandom(32)
+        )
 
     def issue(self, packed_ip: bytes, port: int) -> int:
         return int.from_bytes(self._derive(packed_ip, port, self._bucket()), "big")
 
     def is_valid(self, connection_id: int, packed_ip: bytes, port: int) -> bool:
-        """Check the id against the current bucket, then the ACCEPTED_BUCKETS - 1 buckets before it."""
+        """Check the id if its bucket byte names the current bucket or one of the ACCEPTED_BUCKETS - 1 before it."""
         received = connection_id.to_bytes(CONNECTION_ID_BYTES, "big")
         current = self._bucket()
-        # Newest first, because most clients announce soon after they connect. Stopping at a match
-        # shows only how old a valid id is, which its owner knows anyway.
-        for bucket in range(current, current - ACCEPTED_BUCKETS, -1):
-            if hmac.compare_digest(received, self._derive(packed_ip, port, bucket)):
-                return True
+        age = (current - received[-1]) % 256  # buckets since the id was issued, if the id is genuine
+        if age >= ACCEPTED_BUCKETS:
+            return False
 
-        return False
+        # The digest covers the whole bucket number, so an id 256 or more buckets old fails here.
+        return hmac.compare_digest(received, self._derive(packed_ip, port, current - age))
 
     def _bucket(self) -> int:
         return int(self._clock() // CONNECTION_ID_BUCKET_S)
 
     def _derive(self, packed_ip: bytes, port: int, bucket: int) -> bytes:
-        message = packed_ip + _ID_INPUT_SUFFIX.pack(port, bucket)
+        digest = self._keyed_hash.copy()
+        digest.update(packed_ip + _ID_INPUT_SUFFIX.pack(port, bucket))
 
-        return hashlib.blake2b(message, digest_size=CONNECTION_ID_BYTES, key=self._secret).digest()
+        return digest.digest() + bytes((bucket % 256,))
 
 
 class UdpTracker:
@@ -166,7 +176,7 @@ class UdpTracker:
 
     def _dispatch(self, transport: asyncio.DatagramTransport, packet: bytes, address: Address) -> None:
         try:
-            header = parse_header(packet)
+            connection_id, action, transaction_id = unpack_header(packet)
             packed_ip = self._packed_ips.get(address[0]) or self._pack_ip(address[0])
         except (UdpPacketError, ValueError) as error:
             self.dropped_packets += 1
@@ -174,34 +184,34 @@ class UdpTracker:
             return
 
         port: int = address[1]
-        transaction_id = header.transaction_id
         reply_limit = len(packet)  # until a valid connection id is shown
-        if header.action == Action.CONNECT:
-            try:
-                parse_connect(packet)
-            except UdpPacketError as error:
-                self.invalid_requests += 1
-                self._reject(transport, address, transaction_id, str(error), reply_limit)
+        # Announces and scrapes carry a connection id, which must be valid before their fields are read.
+        if action == ACTION_ANNOUNCE or action == ACTION_SCRAPE:
+            if not self._connection_ids.is_valid(connection_id, packed_ip, port):
+                self.expired_connection_ids += 1
+                self._reject(transport, address, transaction_id, EXPIRED_CONNECTION_ID_MESSAGE, reply_limit)
                 return
-            self.connect_replies += 1
-            connection_id = self._connection_ids.issue(packed_ip, port)
-            self._send(transport, address, build_connect_reply(transaction_id, connection_id))
+
+            if action == ACTION_ANNOUNCE:
+                self._start_announce(transport, address, packet, transaction_id, packed_ip)
+            else:
+                self._scrape(transport, address, packet, transaction_id)
             return
 
-        if header.action not in (Action.ANNOUNCE, Action.SCRAPE):
+        if action != ACTION_CONNECT:
             self.invalid_requests += 1
-            self._reject(transport, address, transaction_id, f"unknown action {header.action}", reply_limit)
+            self._reject(transport, address, transaction_id, f"unknown action {action}", reply_limit)
             return
 
-        if not self._connection_ids.is_valid(header.connection_id, packed_ip, port):
-            self.expired_connection_ids += 1
-            self._reject(transport, address, transaction_id, EXPIRED_CONNECTION_ID_MESSAGE, reply_limit)
+        try:
+            parse_connect(packet)
+        except UdpPacketError as error:
+            self.invalid_requests += 1
+            self._reject(transport, address, transaction_id, str(error), reply_limit)
             return
-
-        if header.action == Action.SCRAPE:
-            self._scrape(transport, address, packet, transaction_id)
-        else:
-            self._start_announce(transport, address, packet, transaction_id, packed_ip)
+        self.connect_replies += 1
+        connection_id = self._connection_ids.issue(packed_ip, port)
+        self._send(transport, address, build_connect_reply(transaction_id, connection_id))
 
     def _pack_ip(self, host: str) -> bytes:
         """Pack a client address and keep it: parsing the text costs more than the rest of a connect."""
@@ -238,7 +248,8 @@ class UdpTracker:
         packed_ip: bytes,
     ) -> None:
         try:
-            announce = parse_announce(packet, self._limits)
+            # The header was read in _dispatch, so only the announce fields are parsed here.
+            request, _, _ = parse_announce_body(packet, self._limits)
         except (UdpPacketError, RequestError) as error:
             self.invalid_requests += 1
             self._observe("unknown", "invalid", None, address, None)
@@ -247,18 +258,20 @@ class UdpTracker:
 
         started_s = time.perf_counter()
         try:
-            outcome = self._tracker.begin_announce(announce.request, packed_ip, same_family_only=True)
+            outcome = self._tracker.begin_announce(request, packed_ip, same_family_only=True)
         except Exception as error:
-            self._announce_failed(transport, address, announce, error)
+            self._announce_failed(transport, address, transaction_id, request, error)
             return
 
         if isinstance(outcome, AnnounceResult):
-            self._reply(transport, address, announce, outcome, started_s)
+            self._reply(transport, address, transaction_id, request, outcome, started_s)
             return
 
         # A task only for the first announces of a new infohash, which wait for upstream
         # replies; datagrams from other clients must not wait behind them.
-        task = asyncio.get_running_loop().create_task(self._finish(transport, address, announce, outcome, started_s))
+        task = asyncio.get_running_loop().create_task(
+            self._finish(transport, address, transaction_id, request, outcome, started_s)
+        )
         self._announce_tasks.add(task)
         task.add_done_callback(self._announce_tasks.discard)
 
@@ -266,25 +279,30 @@ class UdpTracker:
         self,
         transport: asyncio.DatagramTransport,
         address: Address,
-        announce: UdpAnnounce,
+        transaction_id: int,
+        request: AnnounceRequest,
         wait: FirstRoundWait,
         started_s: float,
     ) -> None:
         try:
             result = await wait.finish()
         except Exception as error:
-            self._announce_failed(transport, address, announce, error)
+            self._announce_failed(transport, address, transaction_id, request, error)
             return
 
-        self._reply(transport, address, announce, result, started_s)
+        self._reply(transport, address, transaction_id, request, result, started_s)
 
     def _announce_failed(
-        self, transport: asyncio.DatagramTransport, address: Address, announce: UdpAnnounce, error: Exception
+        self,
+        transport: asyncio.DatagramTransport,
+        address: Address,
+        transaction_id: int,
+        request: AnnounceRequest,
+        error: Exception,
     ) -> None:
-        transaction_id = announce.header.transaction_id
         if isinstance(error, RequestError):  # a denied infohash
             self.denied_announces += 1
-            self._observe(announce.request.event.value or "none", "denied", None, address, announce.request.info_hash)
+            self._observe(_EVENT_LABELS[request.event], "denied", None, address, request.info_hash)
             self._reject(transport, address, transaction_id, str(error))
             return
 
@@ -293,7 +311,7 @@ class UdpTracker:
             "udp.announce.crashed",
             client=address[0],
             client_port=address[1],
-            info_hash=announce.request.info_hash.hex(),
+            info_hash=request.info_hash.hex(),
             exc_info=error,
         )
         self._send(transport, address, build_error_reply(transaction_id, "internal error"))
@@ -302,19 +320,19 @@ class UdpTracker:
         self,
         transport: asyncio.DatagramTransport,
         address: Address,
-        announce: UdpAnnounce,
+        transaction_id: int,
+        request: AnnounceRequest,
         result: AnnounceResult,
         started_s: float,
     ) -> None:
-        transaction_id = announce.header.transaction_id
-        event = announce.request.event.value or "none"
+        event = _EVENT_LABELS[request.event]
         if result.failure_reason is not None:
-            self._observe(event, "overloaded", time.perf_counter() - started_s, address, announce.request.info_hash)
+            self._observe(event, "overloaded", time.perf_counter() - started_s, address, request.info_hash)
             self._send(transport, address, build_error_reply(transaction_id, result.failure_reason))
             return
 
         self.announce_replies += 1
-        self._observe(event, "ok", time.perf_counter() - started_s, address, announce.request.info_hash)
+        self._observe(event, "ok", time.perf_counter() - started_s, address, request.info_hash)
         # The tracker picked peers of the requester's family only, so one of these is empty.
         reply = build_announce_reply(
             transaction_id,
@@ -330,7 +348,9 @@ class UdpTracker:
     ) -> None:
         if self._metrics is not None:
             self._metrics.observe_announce("udp", event, outcome, latency_s)
-        if self._access_log is not None:
+        # Checked here as well as in record, so that announces skip the call and the client
+        # text while the access log is off, its default.
+        if self._access_log is not None and self._access_log.enabled:
             client = str(address[0])
             self._access_log.record("udp", "announce", client, outcome, latency_s or 0.0, event, info_hash)
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ STOP_TIMEOUT_S = 10.0
 # An upstream announce count that stays the same this long means the aggregator has stopped sending.
 STALLED_AFTER_S = 10.0
 CLOCK_TICKS_PER_S = 100  # USER_HZ on Linux, the unit of utime and stime in /proc/PID/stat
+UDP_PROTOCOL_ID = 0x41727101980  # BEP 15: the connection id field of a connect request
 
 
 def require_executable(name: str, debian_package: str) -> str:
@@ -128,6 +130,23 @@ def wait_for_tcp(process: PinnedProcess, port: int) -> None:
             if time.monotonic() > deadline:
                 sys.exit(f"{process.name} did not listen on port {port} within {STARTUP_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
+
+
+def wait_for_udp_tracker(process: PinnedProcess, port: int) -> None:
+    """Return once 127.0.0.1:`port` replies to a BEP 15 connect request; exit if `process` ends or the time runs out."""
+    request = struct.pack("!QII", UDP_PROTOCOL_ID, 0, 1)  # protocol id, action connect, transaction id 1
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.1)
+        while True:
+            process.check_running()
+            sock.sendto(request, (LOOPBACK, port))
+            try:
+                sock.recv(2048)
+                return
+            except TimeoutError:  # no reply within 0.1 s: not bound yet, or the packet was lost
+                if time.monotonic() > deadline:
+                    sys.exit(f"{process.name} did not reply on UDP port {port} within {STARTUP_TIMEOUT_S:.0f} s")
 
 
 def http_get(url: str, timeout_s: float = 10.0) -> bytes:
@@ -260,6 +279,21 @@ class FloorServer:
         argv = [real_python(), str(BENCH_DIR / "http_floor.py"), "--kind", kind, "--port", str(self.port)]
         self.process = PinnedProcess(f"floor-{kind}", argv, workdir, core)
         wait_for_tcp(self.process, self.port)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class UdpFloorServer:
+    """bench/udp_floor.py: a fixed-reply UDP tracker that measures the event loop and system calls alone."""
+
+    def __init__(self, workdir: Path, work_us: float = 0.0, core: int = SERVER_CORE) -> None:
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        argv = [
+            real_python(), str(BENCH_DIR / "udp_floor.py"), "--port", str(self.udp_port), "--work-us", str(work_us)
+        ]  # fmt: skip
+        self.process = PinnedProcess("floor-udp", argv, workdir, core)
+        wait_for_udp_tracker(self.process, self.udp_port)
 
     def stop(self) -> None:
         self.process.stop()

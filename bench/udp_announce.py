@@ -1,6 +1,7 @@
 """Measure UDP (BEP 15) announce throughput of the aggregator against Debian's opentracker.
 
 Run: python bench/udp_announce.py [--rounds 3] [--duration 10] [--processes 4] [--window 32]
+         [--floor] [--floor-work-us 0]
 
 Needs Debian's `opentracker` (apt-get install opentracker); installs nothing. Starts
 opentracker (whitelist of --pool infohashes), an instant fake upstream tracker
@@ -10,7 +11,14 @@ connects once per run (BEP 15 connect), then keeps --window announces in flight 
 seconds. Announces draw an infohash from the pool and a peer slot from --swarm-size slots, as
 bench/http_announce.py does. A reply missing for 0.2 s counts as lost and is replaced.
 Rounds alternate the order of the servers, and the table shows announces/s per server and
-round and the ratio aggregator / opentracker.
+round, the server's CPU time per announce and the ratio to opentracker.
+
+--floor adds bench/udp_floor.py, a bare DatagramProtocol on uvloop that sends a fixed announce
+reply of the aggregator's size without tracker work. Its CPU time per announce is what the event
+loop and the system calls cost at its own rate. That cost grows as the rate falls, because each
+reply then wakes a waiting load process. --floor-work-us makes the floor busy-wait per announce,
+so that it runs near the aggregator's rate: its CPU time per announce minus the busy-wait is then
+the loop's share of the aggregator's figure.
 """
 
 import argparse
@@ -34,6 +42,7 @@ from harness import (
     FakeUpstream,
     OpenTracker,
     ProfileRecorder,
+    UdpFloorServer,
     cpu_seconds,
     infohash_pool,
     machine_summary,
@@ -223,6 +232,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=1000, help="infohashes in the pool")
     parser.add_argument("--swarm-size", type=int, default=100, help="distinct peers per infohash")
     parser.add_argument("--forwarders", type=int, default=1, help="forwarders of the aggregator")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench/udp_floor.py (a fixed announce reply from a bare DatagramProtocol on uvloop)",
+    )
+    parser.add_argument(
+        "--floor-work-us",
+        type=float,
+        default=0.0,
+        help="microseconds that the floor busy-waits per announce, to run it near the aggregator's rate",
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--profile-dir", type=Path, help="also profile the aggregator with py-spy, outside the rounds")
 
@@ -249,6 +269,10 @@ def main() -> None:
                 "opentracker": (opentracker.udp_port, opentracker.process.pid),
                 "aggregator": (aggregator.udp_port, aggregator.pid),
             }
+            if args.floor:
+                floor = UdpFloorServer(workdir, args.floor_work_us)
+                started.append(floor)
+                servers["floor"] = (floor.udp_port, floor.process.pid)
             run(args, servers, pool, upstream)
         finally:
             for process in reversed(started):
@@ -271,7 +295,7 @@ def run(
     upstream_before = upstream.wait_for_announces(expected, 120.0)
     print(f"upstream announces before the rounds: {upstream_before:,} (expected {expected:,})")
 
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     labels = list(servers)
     for round_number in range(1, args.rounds + 1):
         order = labels if round_number % 2 == 1 else list(reversed(labels))
@@ -286,40 +310,51 @@ def run(
 
     print()
     print(f"{'round':>5} {'server':<12} {'announces/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'lost':>6} "
-          f"{'server CPU':>10} {'load CPU':>9} {'ratio':>6}")  # fmt: skip
-    ratios = []
+          f"{'server CPU':>10} {'CPU µs/ann':>10} {'load CPU':>9} {'ratio':>6}")  # fmt: skip
+    ratios: dict[str, list[float]] = {label: [] for label in labels if label != "opentracker"}
     for entry in rounds:
         baseline = entry["results"]["opentracker"]["announces_per_s"]
         for label in labels:
             result = entry["results"][label]
+            rate = result["announces_per_s"]
+            result["server_cpu_us_per_announce"] = result["server_cpu_share"] / rate * 1e6 if rate else float("nan")
             ratio = ""
             if label != "opentracker":
-                ratios.append(result["announces_per_s"] / baseline)
-                ratio = f"{ratios[-1]:.2f}"
+                ratios[label].append(result["announces_per_s"] / baseline)
+                ratio = f"{ratios[label][-1]:.2f}"
             print(
                 f"{entry['round']:>5} {label:<12} {result['announces_per_s']:>12,.0f} {result['latency_p50_ms']:>8.2f} "
                 f"{result['latency_p99_ms']:>8.2f} {result['errors']:>7} {result['lost']:>6} "
-                f"{result['server_cpu_share']:>10.0%} {result['load_cpu_share']:>9.0%} {ratio:>6}"
+                f"{result['server_cpu_share']:>10.0%} {result['server_cpu_us_per_announce']:>10.1f} "
+                f"{result['load_cpu_share']:>9.0%} {ratio:>6}"
             )
 
-    summary = {
-        label: {
-            "announces_per_s": median([entry["results"][label]["announces_per_s"] for entry in rounds]),
-            "latency_p50_ms": median([entry["results"][label]["latency_p50_ms"] for entry in rounds]),
-            "latency_p99_ms": median([entry["results"][label]["latency_p99_ms"] for entry in rounds]),
-        }
+    figure_names = ("announces_per_s", "latency_p50_ms", "latency_p99_ms", "server_cpu_us_per_announce")
+    summary: dict[str, Any] = {
+        label: {name: median([entry["results"][label][name] for entry in rounds]) for name in figure_names}
         for label in labels
     }
-    summary["ratio_per_round"] = ratios
-    summary["ratio_median"] = median(ratios)
+    summary["ratio_per_round"] = ratios["aggregator"]
+    summary["ratio_median"] = median(ratios["aggregator"])
+    if "floor" in ratios:
+        summary["floor_ratio_median"] = median(ratios["floor"])
     print()
     for label in labels:
         figures = summary[label]
         print(
             f"median {label:<12} {figures['announces_per_s']:>10,.0f} announces/s, "
-            f"p50 {figures['latency_p50_ms']:.2f} ms, p99 {figures['latency_p99_ms']:.2f} ms"
+            f"p50 {figures['latency_p50_ms']:.2f} ms, p99 {figures['latency_p99_ms']:.2f} ms, "
+            f"{figures['server_cpu_us_per_announce']:.1f} µs server CPU per announce"
         )
     print(f"median ratio aggregator / opentracker: {summary['ratio_median']:.2f}")
+    if "floor" in ratios:
+        print(f"median ratio floor / opentracker: {summary['floor_ratio_median']:.2f}")
+        summary["floor_loop_us_per_announce"] = summary["floor"]["server_cpu_us_per_announce"] - args.floor_work_us
+        print(
+            f"event loop and system calls: {summary['floor_loop_us_per_announce']:.1f} µs per announce at "
+            f"{summary['floor']['announces_per_s']:,.0f} announces/s (floor CPU time minus {args.floor_work_us:g} µs "
+            "of busy-wait)"
+        )
     print(f"upstream announces during the rounds: {upstream.announce_count() - upstream_before:,}")
 
     if args.json is not None:

@@ -240,6 +240,21 @@ def test_announce_reply_clamps_counts_to_u32() -> None:
     assert reply.seeders == 0
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (2**32, 0xFFFFFFFF), (-1, 0), (-(2**40), 0)],
+)
+def test_announce_reply_u32_bounds_per_field(value: int, expected: int) -> None:
+    for field in ("interval", "leechers", "seeders"):
+        counts = {"interval": 1800, "leechers": 3, "seeders": 5, field: value}
+
+        reply = parse_announce_reply(build_announce_reply(9, peers=b"", **counts), 6)
+
+        assert getattr(reply, field) == expected, field
+        others = {name: getattr(reply, name) for name in counts if name != field}
+        assert others == {name: counts[name] for name in others}, field
+
+
 # ---------------------------------------------------------------- scrape
 
 
