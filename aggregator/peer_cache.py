@@ -97,24 +97,33 @@ def _window_without(compact: bytes, width: int, count: int, excluded: Collection
     if count <= 0 or size == 0:
         return b""
 
-    # Take as many extra as could be excluded, so that the cut window still contains `count`.
-    window_size = min(size, count + len(excluded))
-    start = random.randrange(size) if window_size < size else 0
-    end = start + window_size
-    if end <= size:
-        window = compact[start * width : end * width]
-    else:
-        window = compact[start * width :] + compact[: (end - size) * width]
-
-    if len(excluded) < window_size:
+    # random() scaled costs a third of randrange(), and the bias is far below anything visible.
+    start = int(random.random() * size)
+    if len(excluded) <= count:
+        # Few endpoints to skip: cut each out of a window that has room for all of them.
+        window_size = min(size, count + len(excluded))
+        end = start + window_size
+        if end <= size:
+            window = compact[start * width : end * width]
+        else:
+            window = compact[start * width :] + compact[: (end - size) * width]
         for endpoint in excluded:
             window = _cut(window, width, endpoint)
-    else:
-        window = b"".join(
-            chunk for chunk in (window[at : at + width] for at in range(0, len(window), width)) if chunk not in excluded
-        )
 
-    return window[: count * width]
+        return window[: count * width]
+
+    # Many to skip (a nearly full local swarm needs only a few upstream peers): walk from the
+    # start and stop at `count` kept endpoints, so the cost follows `count`, not the exclusions.
+    kept: list[bytes] = []
+    for step in range(size):
+        at = (start + step) % size * width
+        endpoint = compact[at : at + width]
+        if endpoint not in excluded:
+            kept.append(endpoint)
+            if len(kept) == count:
+                break
+
+    return b"".join(kept)
 
 
 def _cut(window: bytes, width: int, endpoint: bytes) -> bytes:
