@@ -81,11 +81,18 @@ class CachedTorrent:
         size4 = len(peers4) // IPV4_ENDPOINT_BYTES if width != IPV6_ENDPOINT_BYTES else 0
         size6 = len(peers6) // IPV6_ENDPOINT_BYTES if width != IPV4_ENDPOINT_BYTES else 0
         count4, count6 = split_count(count, size4, size6)
+        picked4 = _window_without(peers4, IPV4_ENDPOINT_BYTES, count4, excluded)
+        picked6 = _window_without(peers6, IPV6_ENDPOINT_BYTES, count6, excluded)
 
-        return (
-            _window_without(peers4, IPV4_ENDPOINT_BYTES, count4, excluded),
-            _window_without(peers6, IPV6_ENDPOINT_BYTES, count6, excluded),
-        )
+        # Exclusions may leave one family short while the other has more: draw again from that one.
+        short = count - len(picked4) // IPV4_ENDPOINT_BYTES - len(picked6) // IPV6_ENDPOINT_BYTES
+        if short > 0:
+            if len(picked4) == count4 * IPV4_ENDPOINT_BYTES and size4 > count4:
+                picked4 = _window_without(peers4, IPV4_ENDPOINT_BYTES, count4 + short, excluded)
+            elif len(picked6) == count6 * IPV6_ENDPOINT_BYTES and size6 > count6:
+                picked6 = _window_without(peers6, IPV6_ENDPOINT_BYTES, count6 + short, excluded)
+
+        return picked4, picked6
 
     def invalidate(self) -> None:
         self._merged = None

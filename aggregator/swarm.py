@@ -203,10 +203,16 @@ class Swarm:
         ipv6 = self.ipv6
         size4 = len(self.ipv4) if width != IPV6_ENDPOINT_BYTES else 0
         size6 = len(ipv6) if ipv6 is not None and width != IPV4_ENDPOINT_BYTES else 0
-        count4, count6 = split_count(count, size4, size6)
 
+        # Split what can be picked: the excluded peer does not count in its family.
         excluded = self.positions.get(excluded_endpoint, -1)
         is_ipv4 = len(excluded_endpoint) == IPV4_ENDPOINT_BYTES
+        if excluded >= 0:
+            if is_ipv4:
+                size4 -= size4 > 0
+            else:
+                size6 -= size6 > 0
+        count4, count6 = split_count(count, size4, size6)
         peers4 = b""
         if count4:
             peers4 = self.ipv4.window(count4, excluded if is_ipv4 else -1)
