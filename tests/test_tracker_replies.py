@@ -41,7 +41,7 @@ def reply_endpoints(result: AnnounceResult) -> list[bytes]:
     same_family_only=st.booleans(),
     seed=st.integers(0, 2**32),
 )
-def test_reply_has_no_requester_no_duplicates_and_fills_numwant(
+def test_reply_fills_numwant_without_requester(
     local: list[tuple[int, bool]],
     upstream: list[tuple[int, bool]],
     numwant: int,
