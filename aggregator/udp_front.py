@@ -127,6 +127,7 @@ class UdpTracker:
         self._announce_tasks: set[asyncio.Task[None]] = set()
         self._packed_ips: dict[str, bytes] = {}  # client address text -> packed address
         self._closing = False
+        self._outbox: list[tuple[asyncio.DatagramTransport, Address, bytes]] = []  # replies not sent yet
 
         # Packets by outcome, as plain counters that a metrics export can read.
         self.connect_replies = 0
@@ -159,6 +160,7 @@ class UdpTracker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+        self._flush()  # replies of the announces that finished in the grace time
         for transport in self._transports:
             transport.close()
         self._transports.clear()
@@ -371,10 +373,18 @@ class UdpTracker:
         self._send(transport, address, build_error_reply(transaction_id, message, max_bytes))
 
     def _send(self, transport: asyncio.DatagramTransport, address: Address, packet: bytes) -> None:
-        if transport.is_closing():
-            return  # the service is stopping
+        # Replies wait for the end of the loop iteration, which usually read many datagrams: a
+        # client then wakes once for several replies, and waking it is most of a send's cost.
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append((transport, address, packet))
 
-        transport.sendto(packet, address)
+    def _flush(self) -> None:
+        outbox = self._outbox
+        self._outbox = []
+        for transport, address, packet in outbox:
+            if not transport.is_closing():  # closed while the service stops
+                transport.sendto(packet, address)
 
 
 class _UdpTrackerProtocol(asyncio.DatagramProtocol):
