@@ -50,6 +50,8 @@ CONNECTION_ID_BYTES = 8
 _DIGEST_BYTES = CONNECTION_ID_BYTES - 1  # the last byte of an id is its bucket number modulo 256
 
 EXPIRED_CONNECTION_ID_MESSAGE = "connection id expired"
+# Connection ids remembered after a successful check; the cache is emptied when it reaches this size.
+RECENT_IDS_CACHE_SIZE = 65536
 # Client addresses whose packed form is kept; the cache is emptied when it reaches this size.
 PACKED_IP_CACHE_SIZE = 65536
 
@@ -74,6 +76,7 @@ class ConnectionIds:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, secret: bytes | None = None) -> None:
         self._clock = clock
+        self._recent: dict[tuple[int, bytes, int], int] = {}  # (id, ip, port) -> last bucket it is valid in
         # Keyed once: copying the keyed state skips hashing the key block for every id.
         self._keyed_hash = hashlib.blake2b(
             digest_size=_DIGEST_BYTES, key=secret if secret is not None else os.urandom(32)
@@ -84,14 +87,27 @@ class ConnectionIds:
 
     def is_valid(self, connection_id: int, packed_ip: bytes, port: int) -> bool:
         """Check the id if its bucket byte names the current bucket or one of the ACCEPTED_BUCKETS - 1 before it."""
-        received = connection_id.to_bytes(CONNECTION_ID_BYTES, "big")
         current = self._bucket()
+        # A client sends the same id with every request for a minute or more, so an id that passed
+        # is remembered until its last valid bucket instead of hashed again.
+        key = (connection_id, packed_ip, port)
+        if self._recent.get(key, -1) >= current:
+            return True
+
+        received = connection_id.to_bytes(CONNECTION_ID_BYTES, "big")
         age = (current - received[-1]) % 256  # buckets since the id was issued, if the id is genuine
         if age >= ACCEPTED_BUCKETS:
             return False
 
         # The digest covers the whole bucket number, so an id 256 or more buckets old fails here.
-        return hmac.compare_digest(received, self._derive(packed_ip, port, current - age))
+        if not hmac.compare_digest(received, self._derive(packed_ip, port, current - age)):
+            return False
+
+        if len(self._recent) >= RECENT_IDS_CACHE_SIZE:
+            self._recent.clear()  # bounded: only ids that passed get in, but clients can be many
+        self._recent[key] = current - age + ACCEPTED_BUCKETS - 1
+
+        return True
 
     def _bucket(self) -> int:
         return int(self._clock() // CONNECTION_ID_BUCKET_S)

@@ -32,6 +32,23 @@ def test_connection_id_lifetime(issued_after_bucket_start_s: float, age_s: float
     assert ids.is_valid(connection_id, CLIENT_IP, CLIENT_PORT) is valid
 
 
+@pytest.mark.parametrize(
+    ("issued_after_bucket_start_s", "age_s", "valid"),
+    [(0.0, 179.9, True), (0.0, 180.0, False), (59.9, 120.0, True), (59.9, 120.2, False)],
+)
+def test_checked_id_expires_on_time(issued_after_bucket_start_s: float, age_s: float, valid: bool) -> None:
+    # The id is checked at once, so the later check may answer from the ids remembered then.
+    clock = FakeClock(BUCKET_START_S + issued_after_bucket_start_s)
+    ids = ConnectionIds(clock, SECRET)
+    connection_id = ids.issue(CLIENT_IP, CLIENT_PORT)
+    assert ids.is_valid(connection_id, CLIENT_IP, CLIENT_PORT)
+
+    clock.advance(age_s)
+
+    assert ids.is_valid(connection_id, CLIENT_IP, CLIENT_PORT) is valid
+    assert not ids.is_valid(connection_id, CLIENT_IP, CLIENT_PORT + 1)
+
+
 @pytest.mark.parametrize("buckets_later", [256, 257, 512])
 def test_connection_id_rejected_after_bucket_byte_wraps(buckets_later: int) -> None:
     # The last byte of an id repeats every 256 buckets, so only the digest can reject these.
