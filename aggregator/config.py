@@ -366,7 +366,9 @@ _SCALAR_RULES: dict[str, _ScalarRule] = {
     "rate_limit_threshold": _FractionRule(
         "pressure above which new infohashes must pass a token bucket (0 turns it off)"
     ),
-    "rate_limit_per_s": _FloatRule(0, 1_000_000, "new infohashes admitted per second under pressure"),
+    "rate_limit_per_s": _FloatRule(
+        0, 1_000_000, "new infohashes admitted per second under pressure", metavar="PER_SECOND"
+    ),
     "rate_limit_burst": _IntRule(1, 10_000_000, "new infohashes admitted at once under pressure"),
     "retry_interval": _IntRule(
         1, _DAY_S, "seconds sent as `interval` when a new infohash is not admitted", metavar="SECONDS"

@@ -239,8 +239,20 @@ class ForwarderRegistry:
         health.last_failure_detail = detail
         health.last_failure_s = now_s
         health.ema_success = _ema(health.ema_success, 0.0)
+        retry_at_s = self._change_state_after_failure(health, verdict, kind, now_s, suspend_for_s)
+        # Counted after the state change, so that a summary logged now shows the new state.
         self._count_for_summary(health, kind, now_s)
 
+        return retry_at_s
+
+    def _change_state_after_failure(
+        self,
+        health: ForwarderHealth,
+        verdict: Verdict,
+        kind: FailureKind,
+        now_s: float,
+        suspend_for_s: float | None,
+    ) -> float | None:
         if verdict in (Verdict.DEFER_PAIR, Verdict.STOP_PAIR):
             # The tracker replied, and only this torrent is rejected, so the forwarder stays healthy.
             health.consecutive_failures = 0
