@@ -174,9 +174,9 @@ def parse_announce_body(packet: bytes, limits: AnnounceLimits) -> tuple[Announce
     else:
         numwant = min(num_want, limits.max_numwant)
 
-    # Positional, because keywords make this frozen dataclass about 25 % slower to build, and it is
-    # built for every announce. The order is that of the fields: info_hash, peer_id, port,
-    # uploaded, downloaded, left, event, numwant, compact, no_peer_id, key.
+    # Positional, because keywords make this dataclass slower to build, and it is built for every
+    # announce. The order is that of the fields: info_hash, peer_id, port, uploaded, downloaded,
+    # left, event, numwant, compact, no_peer_id, key.
     request = AnnounceRequest(
         info_hash,
         peer_id,
