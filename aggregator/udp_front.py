@@ -353,13 +353,12 @@ class UdpTracker:
         self._observe(event, "ok", time.perf_counter() - started_s, address, request.info_hash)
         # The tracker picked peers of the requester's family only, so one of these is empty.
         reply = build_announce_reply(
-            transaction_id,
-            interval=result.interval,
-            leechers=result.incomplete,
-            seeders=result.complete,
-            peers=result.peers4 or result.peers6,
+            transaction_id, result.interval, result.incomplete, result.complete, result.peers4 or result.peers6
         )
-        self._send(transport, address, reply)
+        # _send, written out: this is the reply to nearly every datagram.
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)  # once per loop iteration
+        self._outbox.append((transport, address, reply))
 
     def _observe(
         self, event: str, outcome: str, latency_s: float | None, address: Address, info_hash: bytes | None
@@ -392,7 +391,7 @@ class UdpTracker:
         # Replies wait for the end of the loop iteration, which usually read many datagrams: a
         # client then wakes once for several replies, and waking it is most of a send's cost.
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)  # once per loop iteration
         self._outbox.append((transport, address, packet))
 
     def _flush(self) -> None:
