@@ -147,3 +147,23 @@ async def test_idle_connection_closed(monkeypatch: pytest.MonkeyPatch) -> None:
         writer.close()
 
     assert closed
+
+
+@pytest.mark.parametrize("http_server", ["fast", "aiohttp"])
+async def test_both_servers_wait_for_first_round(http_server: str) -> None:
+    # The first announce of a new infohash gets the upstream peer; the next one is answered at once.
+    upstream_peer = compact_peer("10.9.9.8", 6998)
+    tracker = FakeTracker(reply={b"interval": 1800, b"peers": upstream_peer})
+    await tracker.start()
+    try:
+        async with serving(settings_for([tracker], http_server=http_server)) as (service, session, url):
+            replies = []
+            for port in (7300, 7301):
+                async with session.get(f"{url}/announce?{announce_query(port, INFO_HASH)}") as response:
+                    replies.append(bencode2.bdecode(await response.read()))
+    finally:
+        await tracker.stop()
+
+    assert upstream_peer in replies[0][b"peers"]
+    assert upstream_peer in replies[1][b"peers"]
+    assert replies[1][b"incomplete"] == 2
