@@ -14,6 +14,7 @@ import structlog
 from aggregator.announce import Event
 from aggregator.config import ForwarderConfig, ListenAddress, Settings
 from aggregator.service import Service
+from aggregator.udp_front import MAX_IPV6_REPLY_PEERS
 from aggregator.udp_codec import (
     Action,
     AnnounceReply,
@@ -445,3 +446,17 @@ async def running_fake_tracker() -> AsyncIterator[FakeTracker]:
         yield tracker
     finally:
         await tracker.stop()
+
+
+async def test_ipv6_reply_fits_minimum_mtu() -> None:
+    async with running(udp_settings(["::1"], max_numwant=200)) as service:
+        port = udp_port(service, "::1")
+        async with udp_client("::1", port) as client:
+            connection_id = await client.connect()
+            for peer_port in range(7400, 7500):
+                await client.announce(connection_id, peer_port, num_want=0)
+
+            reply = await client.announce(connection_id, 7500, num_want=200)
+
+    assert len(reply.endpoints) == MAX_IPV6_REPLY_PEERS
+    assert 20 + 18 * len(reply.endpoints) <= 1280 - 40 - 8
