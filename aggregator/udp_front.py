@@ -50,9 +50,9 @@ CONNECTION_ID_BYTES = 8
 _DIGEST_BYTES = CONNECTION_ID_BYTES - 1  # the last byte of an id is its bucket number modulo 256
 
 EXPIRED_CONNECTION_ID_MESSAGE = "connection id expired"
-# IPv6 routers never fragment, and fragmented datagrams are often dropped on the way, so an IPv6
-# reply stays within the minimum IPv6 MTU of 1,280 bytes: 40 bytes of IPv6 header, 8 of UDP
-# header and 20 of announce reply header leave room for 67 peers of 18 bytes.
+# IPv6 routers never fragment, and fragmented datagrams are often dropped on the way. So an IPv6
+# reply stays within the minimum IPv6 MTU of 1,280 bytes. The IPv6, UDP and reply headers take
+# 40, 8 and 20 bytes of it, which leaves room for 67 peers of 18 bytes.
 IPV6_ADDRESS_BYTES = 16
 MAX_IPV6_REPLY_PEERS = (1280 - 40 - 8 - 20) // 18
 # Connection ids remembered after a successful check; the cache is emptied when it reaches this size.
