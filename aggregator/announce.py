@@ -22,6 +22,10 @@ class Event(enum.Enum):
     PAUSED = "paused"  # BEP 21: a partial seed that stopped downloading; counted like NONE
 
 
+# The `event` label of the announce metrics. A dict lookup, because Enum.value is a slow
+# property on Python 3.11.
+EVENT_LABELS = {event: event.value or "none" for event in Event}
+
 _EVENTS = {event.value.encode(): event for event in Event}
 _EVENTS[b"empty"] = Event.NONE  # BEP 3 names the regular announce "empty"
 # A missing `event` is looked up as b"", which maps to Event.NONE above.

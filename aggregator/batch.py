@@ -74,6 +74,11 @@ class Batch:
         self.failures = 0  # consecutive failed announces, for the back-off
 
     @property
+    def round_due_s(self) -> float:
+        """Return the due time of the current round, before any throttle or waiting-queue delay."""
+        return self.due_s if self.ready_since_s is None else self.ready_since_s
+
+    @property
     def in_flight(self) -> bool:
         """True while a worker announces the batch."""
         return bool(self._flags & _IN_FLIGHT)

@@ -57,17 +57,15 @@ class ClientAddressRules:
 
         return address
 
-    def is_plain_peer(self, peer: str, client: IPAddress) -> bool:
-        """Whether no header and no parameter can change the address of clients from `peer`.
+    def is_plain_peer(self, peer: str) -> bool:
+        """Return whether no header and no parameter can change the address of clients from `peer`.
 
-        True when the peer is no trusted proxy and its address is outside the trusted networks.
+        That is the case when the peer is no trusted proxy and is outside the trusted networks.
+        Raises ValueError when `peer` is not an IP address.
         """
-        return client == self._peer_address(peer) and not _contains(self._proxies, client) and not _contains(
-            self._ip_param_networks, client
-        )
+        address = _normalize(ipaddress.ip_address(peer))
 
-    def _peer_address(self, peer: str) -> IPAddress:
-        return _normalize(ipaddress.ip_address(peer))
+        return not _contains(self._proxies, address) and not _contains(self._ip_param_networks, address)
 
     def announced_endpoint(self, client: IPAddress, request: AnnounceRequest) -> tuple[IPAddress, int]:
         """Return the address and port to register for an announce from `client`.

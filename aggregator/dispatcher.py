@@ -100,9 +100,9 @@ class Dispatcher:
 
             # Lag counts from the due time of the batch's round, however often throttling or a full
             # forwarder moved the batch since.
-            ready_since_s = batch.due_s if batch.ready_since_s is None else batch.ready_since_s
+            round_due_s = batch.round_due_s
             batch.ready_since_s = None
-            self._observe_lag(max(self._clock() - ready_since_s, 0.0))
+            self._observe_lag(max(self._clock() - round_due_s, 0.0))
             self.dispatched += 1
             self.busy_workers += 1
             self._idle.clear()

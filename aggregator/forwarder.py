@@ -303,8 +303,7 @@ class ForwarderRegistry:
         if self.throttle_allowed is None or batch.forwarder_index in self.throttle_allowed:
             return False
 
-        ready_since_s = batch.due_s if batch.ready_since_s is None else batch.ready_since_s
-        return now_s - ready_since_s < THROTTLE_MAX_WAIT_FACTOR * self.policy.throttle_defer_s
+        return now_s - batch.round_due_s < THROTTLE_MAX_WAIT_FACTOR * self.policy.throttle_defer_s
 
     def _throttle(self, health: ForwarderHealth, batch: Batch, now_s: float) -> None:
         """Move a batch about throttle_defer_s later, by a random factor. The batch is never dropped."""
@@ -383,8 +382,7 @@ class ForwarderRegistry:
 
 def _keep_ready_since(batch: Batch) -> None:
     """Keep the due time of the batch's round before the registry moves the batch (see Batch.ready_since_s)."""
-    if batch.ready_since_s is None:
-        batch.ready_since_s = batch.due_s
+    batch.ready_since_s = batch.round_due_s
 
 
 def _ema(average: float | None, sample: float) -> float:

@@ -168,14 +168,10 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._target += url
-        self._head_bytes += len(url)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        self._count_head(len(name) + len(value))
         if name.lower() in _KEPT_HEADERS:
             if self._headers is None:
                 self._headers = CIMultiDict()
@@ -278,6 +274,11 @@ class _Connection(asyncio.Protocol):
     def _reject(self, status: int, body: bytes) -> None:
         self._write(status, body, keep_alive=False, http_1_0=False)
         self.abort()
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
 
     def check_idle(self) -> None:
         """Close the connection if it read nothing since the last check and has no reply pending."""

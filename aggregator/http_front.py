@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from aggregator.access_log import AccessLog
-from aggregator.announce import ID_BYTES, AnnounceLimits, AnnounceRequest, parse_announce
+from aggregator.announce import EVENT_LABELS, ID_BYTES, AnnounceLimits, AnnounceRequest, parse_announce
 from aggregator.client_address import ClientAddressRules
 from aggregator.errors import RequestError
 from aggregator.metrics import Metrics
@@ -65,7 +65,7 @@ class AnnounceHandler:
     def begin(self, raw_query: str | bytes, peer: str, headers: MultiMapping[str]) -> bytes | Awaitable[bytes]:
         """Return the reply body now, or an awaitable of it when the announce waits for upstreams.
 
-        Only the first announces of a new infohash wait, so an HTTP layer can answer the others
+        Only the first announces of a new infohash wait, so an HTTP layer can reply to the others
         without starting a task.
         """
         started_s = time.perf_counter()
@@ -103,7 +103,7 @@ class AnnounceHandler:
         return self._encode(result, announce, peer, started_s)
 
     def _encode(self, result: AnnounceResult, announce: AnnounceRequest, peer: str, started_s: float) -> bytes:
-        event = announce.event.value or "none"
+        event = EVENT_LABELS[announce.event]
         if result.failure_reason is not None:
             body = encode_failure(result.failure_reason, result.interval, result.retry_in_min)
             return self._done(body, event, "overloaded", announce.info_hash, peer, started_s)
@@ -114,7 +114,7 @@ class AnnounceHandler:
 
     def _denied(self, error: RequestError, announce: AnnounceRequest, peer: str, started_s: float) -> bytes:
         self.failures += 1
-        event = announce.event.value or "none"
+        event = EVENT_LABELS[announce.event]
 
         return self._done(_failure_body(str(error)), event, "denied", announce.info_hash, peer, started_s)
 
@@ -141,7 +141,7 @@ class AnnounceHandler:
         rules = self._address_rules
         client = rules.client_address(peer, headers)
         address, port = rules.announced_endpoint(client, announce)
-        if rules.is_plain_peer(peer, client):
+        if rules.is_plain_peer(peer):
             # Neither a trusted proxy nor a trusted network: headers and parameters never count
             # for this peer, so its address is the same for every announce. Bounded, as any
             # client can connect from many addresses.

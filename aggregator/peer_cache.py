@@ -5,12 +5,11 @@ replies draw from a merged, deduplicated view per infohash that is rebuilt only 
 an expiry, never per announce.
 """
 
-import random
 from collections import OrderedDict
 from collections.abc import Collection
 
 from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, split_compact
-from aggregator.swarm import split_count
+from aggregator.swarm import random_index, split_count, wrapped_window
 
 
 class _Entry:
@@ -104,16 +103,10 @@ def _window_without(compact: bytes, width: int, count: int, excluded: Collection
     if count <= 0 or size == 0:
         return b""
 
-    # random() scaled costs a third of randrange(), and the bias is far below anything visible.
-    start = int(random.random() * size)
+    start = random_index(size)
     if len(excluded) <= count:
         # Few endpoints to skip: cut each out of a window that has room for all of them.
-        window_size = min(size, count + len(excluded))
-        end = start + window_size
-        if end <= size:
-            window = compact[start * width : end * width]
-        else:
-            window = compact[start * width :] + compact[: (end - size) * width]
+        window = wrapped_window(compact, width, start, min(size, count + len(excluded)))
         for endpoint in excluded:
             window = _cut(window, width, endpoint)
 

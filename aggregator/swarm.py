@@ -90,13 +90,8 @@ class PeerArrays:
         else:
             # One extra so that cutting the requester out still leaves `count` peers.
             window_size = count + 1
-            # random() scaled costs a third of randrange(); the bias is below 2**-40 for any swarm.
-            start = int(random.random() * size)
-            end = start + window_size
-            if end <= size:
-                data = bytes(self.endpoints[start * width : end * width])
-            else:
-                data = bytes(self.endpoints[start * width :]) + bytes(self.endpoints[: (end - size) * width])
+            start = random_index(size)
+            data = wrapped_window(self.endpoints, width, start, window_size)
 
         offset = (excluded_position - start) % size if excluded_position >= 0 else window_size
         if offset < window_size:
@@ -122,9 +117,6 @@ class Swarm:
 
     def __len__(self) -> int:
         return len(self.positions)
-
-    def __contains__(self, endpoint: bytes) -> bool:
-        return endpoint in self.positions
 
     @property
     def leechers(self) -> int:
@@ -238,6 +230,24 @@ class Swarm:
             # The last peer moves into the freed slot; its dict entry keeps its place in the order.
             self.positions[family.endpoint_at(last)] = position
         family.move_last_to(position)
+
+
+def random_index(size: int) -> int:
+    """Return a uniform random index below `size`.
+
+    Scaled random() costs a third of randrange(), and its bias is below 2**-40 for any swarm.
+    """
+    return int(random.random() * size)
+
+
+def wrapped_window(compact: bytes | bytearray, width: int, start: int, count: int) -> bytes:
+    """Return `count` endpoints of `width` bytes from position `start`, wrapping around the end."""
+    size = len(compact) // width
+    end = start + count
+    if end <= size:
+        return bytes(compact[start * width : end * width])
+
+    return bytes(compact[start * width :]) + bytes(compact[: (end - size) * width])
 
 
 def split_count(count: int, size4: int, size6: int) -> tuple[int, int]:

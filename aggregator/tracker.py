@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from aggregator.announce import AnnounceRequest, Event
 from aggregator.batch import TorrentBatches
 from aggregator.batch_table import BatchTable
-from aggregator.endpoints import make_endpoint
+from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES, make_endpoint
 from aggregator.errors import InfohashDeniedError
 from aggregator.metrics import Metrics
 from aggregator.overload import Admission, retry_in_minutes
 from aggregator.peer_cache import PeerCache
-from aggregator.endpoints import IPV4_ENDPOINT_BYTES, IPV6_ENDPOINT_BYTES
 from aggregator.swarm import Swarm, SwarmRegistry
-
 
 # Enum members as module names: on Python 3.11 each `Enum.MEMBER` look-up costs about 0.1 µs,
 # and an announce made six of them.
@@ -85,14 +83,12 @@ class Tracker:
         self.coalesced = 0  # announces that created no upstream work
         self.admission_counts = {decision: 0 for decision in Admission}
 
-    async def announce(
-        self, request: AnnounceRequest, packed_ip: bytes, same_family_only: bool = False
-    ) -> AnnounceResult:
+    async def announce(self, request: AnnounceRequest, packed_ip: bytes) -> AnnounceResult:
         """Record the announce and return the peers and counts to send back, waiting if needed.
 
         Raises InfohashDeniedError for an infohash the access lists reject; it is never forwarded.
         """
-        outcome = self.begin_announce(request, packed_ip, same_family_only)
+        outcome = self.begin_announce(request, packed_ip)
         if isinstance(outcome, AnnounceResult):
             return outcome
 
@@ -103,7 +99,7 @@ class Tracker:
     ) -> "AnnounceResult | FirstRoundWait":
         """Record the announce; return the reply now, or a wait for the infohash's first upstream round.
 
-        Most announces are answered at once, so a transport can reply without starting a task.
+        Most announces get their reply at once, so a transport can reply without starting a task.
         With `same_family_only`, only peers of the requester's address family are returned, as
         a UDP reply can carry one family only. Raises InfohashDeniedError for a denied infohash.
         """

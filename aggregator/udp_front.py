@@ -17,7 +17,7 @@ from typing import Any, cast
 import structlog
 
 from aggregator.access_log import AccessLog
-from aggregator.announce import AnnounceLimits, AnnounceRequest, Event
+from aggregator.announce import EVENT_LABELS, AnnounceLimits, AnnounceRequest
 from aggregator.config import ListenAddress
 from aggregator.endpoints import pack_ip
 from aggregator.errors import RequestError
@@ -61,9 +61,6 @@ RECENT_IDS_CACHE_SIZE = 65536
 PACKED_IP_CACHE_SIZE = 65536
 
 _ID_INPUT_SUFFIX = struct.Struct("!Hq")  # client port, time bucket
-# The `event` label of the announce metrics. A dict lookup, because Enum.value is a slow
-# property on Python 3.11.
-_EVENT_LABELS = {event: event.value or "none" for event in Event}
 
 Address = tuple[str | Any, int]  # (host, port), or (host, port, flowinfo, scope_id) over IPv6
 
@@ -328,7 +325,7 @@ class UdpTracker:
     ) -> None:
         if isinstance(error, RequestError):  # a denied infohash
             self.denied_announces += 1
-            self._observe(_EVENT_LABELS[request.event], "denied", None, address, request.info_hash)
+            self._observe(EVENT_LABELS[request.event], "denied", None, address, request.info_hash)
             self._reject(transport, address, transaction_id, str(error))
             return
 
@@ -351,7 +348,7 @@ class UdpTracker:
         result: AnnounceResult,
         started_s: float,
     ) -> None:
-        event = _EVENT_LABELS[request.event]
+        event = EVENT_LABELS[request.event]
         if result.failure_reason is not None:
             self._observe(event, "overloaded", time.perf_counter() - started_s, address, request.info_hash)
             self._send(transport, address, build_error_reply(transaction_id, result.failure_reason))
