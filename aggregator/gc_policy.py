@@ -25,7 +25,7 @@ FULL_COLLECTION_INTERVAL_S = 3600.0
 
 
 class GcPolicy:
-    """Freezes the collector's tracked objects periodically; `freeze_interval_s` 0 leaves the collector alone."""
+    """A policy that freezes the collector's tracked objects periodically (none when `freeze_interval_s` is 0)."""
 
     def __init__(
         self,

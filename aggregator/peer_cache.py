@@ -73,7 +73,7 @@ class CachedTorrent:
     ) -> tuple[bytes, bytes]:
         """Pick up to `count` endpoints from a random window, none of them in `excluded`.
 
-        With `width`, only endpoints of that width are picked; otherwise the count is split
+        With `width`, only endpoints of that width are picked. Otherwise the count is split
         between the families by their sizes. Returns compact IPv4 and IPv6 strings.
         """
         peers4, peers6 = self.merged(now_s)
@@ -113,17 +113,17 @@ def _window_without(compact: bytes, width: int, count: int, excluded: Collection
         return window[: count * width]
 
     # Many to skip (a nearly full local swarm needs only a few upstream peers): walk from the
-    # start and stop at `count` kept endpoints, so the cost follows `count`, not the exclusions.
-    kept: list[bytes] = []
+    # start and stop at `count` chosen endpoints, so the cost follows `count`, not the exclusions.
+    chosen: list[bytes] = []
     for step in range(size):
         at = (start + step) % size * width
         endpoint = compact[at : at + width]
         if endpoint not in excluded:
-            kept.append(endpoint)
-            if len(kept) == count:
+            chosen.append(endpoint)
+            if len(chosen) == count:
                 break
 
-    return b"".join(kept)
+    return b"".join(chosen)
 
 
 def _cut(window: bytes, width: int, endpoint: bytes) -> bytes:

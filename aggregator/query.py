@@ -85,7 +85,7 @@ def parse_first_values(raw_query: str | bytes) -> dict[bytes, bytes]:
 
 def _query_bytes(raw_query: str | bytes) -> bytes:
     # Bytes come straight from the request line. surrogatepass: a query string built by another
-    # transport may hold lone surrogates.
+    # transport may contain lone surrogates.
     if isinstance(raw_query, bytes):
         return raw_query
 

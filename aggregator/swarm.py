@@ -19,8 +19,8 @@ PEER_ID_BYTES = 20
 class PeerArrays:
     """The peers of one address family in one swarm: position i of each array is the same peer.
 
-    Removal moves the last peer into the freed position, so the arrays stay dense and a random
-    window over them is a random sample.
+    Removal moves the last peer into the freed position, so the arrays stay dense and a window
+    at a random start picks every peer with the same chance.
     """
 
     __slots__ = ("width", "endpoints", "peer_ids", "last_seen_s", "seeder_flags")
@@ -109,7 +109,7 @@ class Swarm:
         # Endpoint -> position in its family's arrays, ordered by last announce, oldest first.
         self.positions: dict[bytes, int] = {}
         self.ipv4 = PeerArrays(IPV4_ENDPOINT_BYTES)
-        self.ipv6: PeerArrays | None = None  # created by the first IPv6 peer; most swarms never get one
+        self.ipv6: PeerArrays | None = None  # created by the first IPv6 peer, as most swarms never get one
         self.seeders = 0
         self.downloads = 0  # `completed` events seen while this swarm existed
         self.expiry_bucket = -1
@@ -227,7 +227,7 @@ class Swarm:
         self.seeders -= family.seeder_flags[position]
         last = len(family) - 1
         if position != last:
-            # The last peer moves into the freed slot; its dict entry keeps its place in the order.
+            # The last peer moves into the freed slot, and its dict entry keeps its place in the order.
             self.positions[family.endpoint_at(last)] = position
         family.move_last_to(position)
 
@@ -235,7 +235,8 @@ class Swarm:
 def random_index(size: int) -> int:
     """Return a uniform random index below `size`.
 
-    Scaled random() costs a third of randrange(), and its bias is below 2**-40 for any swarm.
+    Scaled random() costs a third of randrange(), and its bias, about size / 2**53, is
+    negligible for any swarm.
     """
     return int(random.random() * size)
 

@@ -97,7 +97,7 @@ class Tracker:
     def begin_announce(
         self, request: AnnounceRequest, packed_ip: bytes, same_family_only: bool = False
     ) -> "AnnounceResult | FirstRoundWait":
-        """Record the announce; return the reply now, or a wait for the infohash's first upstream round.
+        """Record the announce, and return the reply now or a wait for the first upstream round.
 
         Most announces get their reply at once, so a transport can reply without starting a task.
         With `same_family_only`, only peers of the requester's address family are returned, as

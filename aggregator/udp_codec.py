@@ -302,7 +302,7 @@ def build_connect_reply(transaction_id: int, connection_id: int) -> bytes:
 
 
 def build_announce_reply(transaction_id: int, interval: int, leechers: int, seeders: int, peers: bytes) -> bytes:
-    """Build an announce reply; `peers` holds compact endpoints of the request's address family only."""
+    """Build an announce reply; `peers` contains compact endpoints of the request's address family only."""
     # One shift tests all three for 0..2**32-1 (a negative value shifts to -1), so the usual
     # reply skips the three clamps, which cost more than the packing.
     if (interval | leechers | seeders) >> 32:

@@ -234,7 +234,7 @@ class UdpTracker:
         self._send(transport, address, build_connect_reply(transaction_id, connection_id))
 
     def _pack_ip(self, host: str) -> bytes:
-        """Pack a client address and keep it: parsing the text costs more than the rest of a connect."""
+        """Pack a client address and keep it, because a client sends many datagrams from one address."""
         packed_ip = pack_ip(host)
         if len(self._packed_ips) >= PACKED_IP_CACHE_SIZE:
             self._packed_ips.clear()  # bounded, as any client can send from many addresses
@@ -291,7 +291,7 @@ class UdpTracker:
             return
 
         # A task only for the first announces of a new infohash, which wait for upstream
-        # replies; datagrams from other clients must not wait behind them.
+        # replies. Datagrams from other clients must not wait behind them.
         task = asyncio.get_running_loop().create_task(
             self._finish(transport, address, transaction_id, request, outcome, started_s)
         )
@@ -393,8 +393,9 @@ class UdpTracker:
         self._send(transport, address, build_error_reply(transaction_id, message, max_bytes))
 
     def _send(self, transport: asyncio.DatagramTransport, address: Address, packet: bytes) -> None:
-        # Replies wait for the end of the loop iteration, which usually read many datagrams: a
-        # client then wakes once for several replies, and waking it is most of a send's cost.
+        # Replies wait for the end of the loop iteration, which usually read many datagrams. A
+        # client then wakes once for several replies, and a profile put much of a send's cost in
+        # that wake-up (docs/benchmarks.md).
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)  # once per loop iteration
         self._outbox.append((transport, address, packet))

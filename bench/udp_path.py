@@ -1,10 +1,11 @@
-"""Measure the CPU cost of a UDP (BEP 15) announce in one process, without the event loop and system calls.
+"""Measure the CPU cost of a UDP (BEP 15) announce in one process, without sockets or system calls.
 
 Run: taskset -c 0 python bench/udp_path.py [--announces 100000] [--repeats 5] [--profile]
 
 Builds the service's components with Service(settings) and one forwarder, but starts nothing, so
 nothing listens and no upstream is contacted. A transport stand-in takes the replies and counts
-them. Datagrams go to UdpTracker.handle_datagram as they would from the event loop: first a
+them. Datagrams go to UdpTracker.handle_datagram, DATAGRAMS_PER_ITERATION per event-loop
+iteration, as they would from the event loop, so the replies go out at the end of each: first a
 connect request, whose reply carries the connection id, then the announces that the
 --load-processes load processes of bench/udp_announce.py send. The warm-up sends each of them
 once, which fills most of the 100 peer slots of each of the --pool swarms, and caches 50 upstream
@@ -12,7 +13,7 @@ peers per infohash, so every reply carries 50 peers as in that benchmark. Then i
 handle_datagram over --announces of the same announces and prints microseconds per announce,
 the median over --repeats runs. It also times Tracker.begin_announce alone on the same announces,
 so the difference is the cost of the UDP layer: parsing, connection id, metrics and reply.
-`bench/udp_announce.py --floor` measures the event loop and the system calls that this leaves out.
+`bench/udp_announce.py --floor` measures the sockets and the system calls that this leaves out.
 """
 
 import argparse

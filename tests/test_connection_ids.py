@@ -37,7 +37,7 @@ def test_connection_id_lifetime(issued_after_bucket_start_s: float, age_s: float
     [(0.0, 179.9, True), (0.0, 180.0, False), (59.9, 120.0, True), (59.9, 120.2, False)],
 )
 def test_checked_id_expires_on_time(issued_after_bucket_start_s: float, age_s: float, valid: bool) -> None:
-    # The id is checked at once, so the later check may answer from the ids remembered then.
+    # The id is checked at once, so the later check may use the ids remembered then.
     clock = FakeClock(BUCKET_START_S + issued_after_bucket_start_s)
     ids = ConnectionIds(clock, SECRET)
     connection_id = ids.issue(CLIENT_IP, CLIENT_PORT)

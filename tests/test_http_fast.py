@@ -103,7 +103,7 @@ async def test_garbage_gets_400_and_close() -> None:
 
 async def test_pipelined_requests_wait_behind_first_round() -> None:
     # The first announce of a new infohash waits for the upstream reply; the requests pipelined
-    # behind it on the same connection are answered only after it, in order.
+    # behind it on the same connection are sent only after its reply, in order.
     upstream_peer = compact_peer("10.9.9.9", 6999)
     tracker = FakeTracker(reply={b"interval": 1800, b"peers": upstream_peer}, hold=asyncio.Event())
     await tracker.start()
@@ -151,7 +151,7 @@ async def test_idle_connection_closed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("http_server", ["fast", "aiohttp"])
 async def test_both_servers_wait_for_first_round(http_server: str) -> None:
-    # The first announce of a new infohash gets the upstream peer; the next one is answered at once.
+    # The first announce of a new infohash gets the upstream peer; the next one gets its reply at once.
     upstream_peer = compact_peer("10.9.9.8", 6998)
     tracker = FakeTracker(reply={b"interval": 1800, b"peers": upstream_peer})
     await tracker.start()

@@ -20,7 +20,7 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tup
 
 
 @given(st.lists(st.tuples(st.sampled_from(["http", "udp"]), latencies), max_size=40))
-def test_reply_latency_matches_a_prometheus_histogram(observations: list[tuple[str, float]]) -> None:
+def test_reply_latency_matches_prometheus_histogram(observations: list[tuple[str, float]]) -> None:
     metrics = Metrics()
     reference_registry = CollectorRegistry()
     reference = Histogram(
